@@ -1,0 +1,242 @@
+//! Wires a source to the pipeline, the pipeline to the HTTP server, and orders shutdown.
+//!
+//! `run`: bind HTTP, load events, serve until the shutdown token is cancelled, drain.
+//! `replay`: process files offline and report.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{OutputFormat, ReplayArgs, RunArgs};
+use crate::decode::RejectReason;
+use crate::exposition::{encode, Format};
+use crate::http::{serve, AppState};
+use crate::metrics::{wall_clock, Metrics};
+use crate::pipeline::Pipeline;
+use crate::report::CountsReport;
+use crate::source::replay::{Line, LineReader};
+use crate::status::Status;
+
+/// Frames applied per lock of the aggregates while loading files.
+const LOAD_BATCH: usize = 1024;
+
+/// Why a command failed.
+#[derive(Debug, Error)]
+pub enum AppError {
+    /// Bad configuration: exit code 2.
+    #[error("{flag}: {message}")]
+    Config {
+        /// The flag (or argument) at fault.
+        flag: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The HTTP server could not start or failed.
+    #[error("HTTP server on {addr}: {source}")]
+    Http {
+        /// The listen address.
+        addr: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The metrics registry refused a definition (a bug).
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl AppError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Config { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Checks that every file can be opened before any work starts.
+fn check_readable(flag: &'static str, files: &[PathBuf]) -> Result<(), AppError> {
+    for path in files {
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(AppError::Config {
+                flag,
+                message: format!("cannot read {}: {e}", path.display()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What loading files amounted to.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoadSummary {
+    /// Lines read.
+    pub lines: u64,
+    /// Bytes read.
+    pub bytes: u64,
+}
+
+/// Feeds every line of `files` through `pipeline`, in batches. Stops early (returning what was
+/// done) when `stop` is cancelled.
+pub fn load_files(
+    pipeline: &mut Pipeline,
+    files: &[PathBuf],
+    stop: Option<&CancellationToken>,
+) -> Result<LoadSummary, AppError> {
+    let mut summary = LoadSummary::default();
+    for path in files {
+        let read_error = |source| AppError::Read {
+            path: path.clone(),
+            source,
+        };
+        let mut reader = LineReader::open(path).map_err(read_error)?;
+        'file: loop {
+            if stop.is_some_and(CancellationToken::is_cancelled) {
+                break;
+            }
+            let mut batch = pipeline.batch();
+            for _ in 0..LOAD_BATCH {
+                match reader.next_line().map_err(read_error)? {
+                    None => break 'file,
+                    Some(Line::Frame(frame)) => {
+                        batch.ingest(frame);
+                    }
+                    Some(Line::Oversize(bytes)) => batch.reject(RejectReason::Oversize, bytes),
+                }
+                summary.lines += 1;
+            }
+        }
+        summary.bytes += reader.bytes_read();
+    }
+    Ok(summary)
+}
+
+/// `run`: serve HTTP with events from `--replay` files until `shutdown`.
+pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppError> {
+    if args.replay.is_empty() {
+        return Err(AppError::Config {
+            flag: "--replay",
+            message: "this build serves recorded events only: pass --replay FILE (see README)"
+                .to_owned(),
+        });
+    }
+    check_readable("--replay", &args.replay)?;
+    let mut pipeline = Pipeline::new(args.engine.pipeline_config());
+    let shared = pipeline.shared();
+    let status = Arc::new(Status::new("loading replay files"));
+    let clock = wall_clock();
+    let metrics = Metrics::new(shared.clone(), status.clone(), clock.clone())?;
+    let state = Arc::new(AppState {
+        shared,
+        status: status.clone(),
+        metrics,
+        clock,
+    });
+
+    let addr = args.listen.to_string();
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| AppError::Http {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| AppError::Http {
+        addr: addr.clone(),
+        source,
+    })?;
+    info!(listen = %local, "Serving HTTP.");
+
+    let files = args.replay.clone();
+    let loader_stop = shutdown.clone();
+    let loader_status = status.clone();
+    let loader = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        match load_files(&mut pipeline, &files, Some(&loader_stop)) {
+            Ok(summary) => {
+                info!(
+                    files = files.len(),
+                    lines = summary.lines,
+                    bytes = summary.bytes,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "Replay files loaded."
+                );
+                loader_status.set_ready();
+            }
+            Err(e) => {
+                error!(error = %e, "Replay stopped.");
+                loader_status.set_not_ready(&format!("replay failed: {e}"));
+            }
+        }
+        pipeline
+    });
+
+    let server = serve(listener, state, shutdown.clone());
+    let served = server.await;
+    // The pipeline holds the state until the loader ends; wait for it (it checks the token).
+    let _ = tokio::time::timeout(Duration::from_secs(5), loader).await;
+    served.map_err(|source| AppError::Http { addr, source })?;
+    info!("Stopped.");
+    Ok(())
+}
+
+/// What `replay` prints on stderr.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplaySummary {
+    /// Lines and bytes read.
+    pub load: LoadSummary,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl ReplaySummary {
+    /// The one-line throughput summary.
+    pub fn line(&self, events: u64) -> String {
+        let seconds = self.elapsed.as_secs_f64().max(1e-9);
+        format!(
+            "replayed {} lines ({:.1} MB, {} events) in {:.3} s: {:.0} events/s, {:.1} MB/s",
+            self.load.lines,
+            self.load.bytes as f64 / 1e6,
+            events,
+            seconds,
+            events as f64 / seconds,
+            self.load.bytes as f64 / 1e6 / seconds,
+        )
+    }
+}
+
+/// `replay`: processes the files and returns the output to print and the summary line.
+pub fn replay(args: &ReplayArgs) -> Result<(String, String), AppError> {
+    check_readable("FILE", &args.files)?;
+    let mut pipeline = Pipeline::new(args.engine.pipeline_config());
+    let started = Instant::now();
+    let load = load_files(&mut pipeline, &args.files, None)?;
+    let summary = ReplaySummary {
+        load,
+        elapsed: started.elapsed(),
+    };
+    let shared = pipeline.shared();
+    let status = Arc::new(Status::new("offline replay"));
+    let report = CountsReport::build(&shared, &status);
+    let output = match args.output {
+        OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
+        OutputFormat::Prometheus => {
+            let metrics = Metrics::new(shared, status, wall_clock())?;
+            encode(&metrics.gather(), Format::Prometheus)
+        }
+    };
+    Ok((output, summary.line(report.events.received)))
+}

@@ -1,0 +1,231 @@
+//! The command line: every flag, its environment variable, its default and its `--help` text.
+//!
+//! The `///` on a field is its help text and its README line. Values are parsed and checked
+//! here, once; a bad value is a one-line error naming the flag and exit code 2 (see `main`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::labels::GroupBy;
+use crate::pipeline::PipelineConfig;
+use crate::state::StateConfig;
+
+/// Exact, real-time counts of Prefect flow-run and task-run states from Prefect's events
+/// websocket, served as Prometheus/OpenMetrics and JSON.
+#[derive(Debug, Parser)]
+#[command(
+    name = "prefect-events-exporter",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do (default: `run`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options of `run` when no subcommand is given.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve counts over HTTP until SIGINT/SIGTERM, with events from recorded files (`--replay`).
+    Run(RunArgs),
+    /// Process recorded files offline as fast as possible and print the final counts.
+    Replay(ReplayArgs),
+}
+
+/// How the counts are computed: shared by every command that ingests events.
+#[derive(Clone, Debug, Args)]
+pub struct EngineArgs {
+    /// Also track task runs (`prefect.task-run.*` state events).
+    #[arg(long, env = "PREFECT_EXPORTER_TASK_RUNS")]
+    pub task_runs: bool,
+
+    /// Extra label dimensions of the entry and active-run metrics, from the runs' related
+    /// resources: a comma-separated list of `deployment`, `flow`, `work_pool`, `work_queue`,
+    /// `tag` (or empty for none).
+    #[arg(
+        long,
+        env = "PREFECT_EXPORTER_GROUP_BY",
+        default_value = "deployment,work_pool",
+        value_parser = parse_group_by
+    )]
+    pub group_by: GroupByList,
+
+    /// How long (event time) an event id is remembered for deduplication.
+    #[arg(long, env = "PREFECT_EXPORTER_DEDUP_WINDOW", default_value = "30m", value_parser = parse_duration)]
+    pub dedup_window: Duration,
+
+    /// The most event ids remembered for deduplication; the oldest are dropped first.
+    #[arg(long, env = "PREFECT_EXPORTER_DEDUP_CAPACITY", default_value_t = 4_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dedup_capacity: u64,
+
+    /// The most group-by label sets (and distinct state names); past it new ones fold into
+    /// `__other__`.
+    #[arg(long, env = "PREFECT_EXPORTER_MAX_SERIES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_series: u64,
+
+    /// Forget terminal runs after this long (event time) without an event; their
+    /// contribution to the totals stays.
+    #[arg(long, env = "PREFECT_EXPORTER_TERMINAL_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    pub terminal_retention: Duration,
+}
+
+impl EngineArgs {
+    /// The pipeline settings these flags describe.
+    pub fn pipeline_config(&self) -> PipelineConfig {
+        PipelineConfig {
+            state: StateConfig {
+                track_task_runs: self.task_runs,
+                terminal_retention: micros(self.terminal_retention),
+                max_series: usize::try_from(self.max_series).unwrap_or(usize::MAX),
+                group_by: self.group_by.0.clone(),
+            },
+            dedup_window: micros(self.dedup_window),
+            dedup_capacity: usize::try_from(self.dedup_capacity).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// Options of `run`.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// Take events from these recorded JSONL files instead of a Prefect server, then keep
+    /// serving the counts.
+    #[arg(long, value_name = "FILE", num_args = 1.., env = "PREFECT_EXPORTER_REPLAY", value_delimiter = ',')]
+    pub replay: Vec<PathBuf>,
+
+    /// Address of the HTTP server (`/metrics`, `/api/v1/...`).
+    #[arg(
+        long,
+        env = "PREFECT_EXPORTER_LISTEN",
+        default_value = "127.0.0.1:9742"
+    )]
+    pub listen: SocketAddr,
+
+    /// Log format.
+    #[arg(long, env = "PREFECT_EXPORTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Counting options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Options of `replay`.
+#[derive(Clone, Debug, Args)]
+pub struct ReplayArgs {
+    /// Recorded JSONL files, processed in order as one stream.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// Output format of the final counts.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    pub output: OutputFormat,
+
+    /// Log format.
+    #[arg(long, env = "PREFECT_EXPORTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Counting options.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// Output of `replay`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// The `/api/v1/counts` document.
+    Json,
+    /// The `/metrics` text (Prometheus 0.0.4).
+    Prometheus,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The parsed `--group-by` list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupByList(pub Vec<GroupBy>);
+
+fn parse_group_by(text: &str) -> Result<GroupByList, String> {
+    let mut dims = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let dim = GroupBy::parse(part).ok_or_else(|| {
+            let choices: Vec<&str> = GroupBy::ALL.iter().map(|g| g.label()).collect();
+            format!(
+                "unknown dimension '{part}' (choices: {})",
+                choices.join(", ")
+            )
+        })?;
+        if dims.contains(&dim) {
+            return Err(format!("dimension '{part}' given twice"));
+        }
+        dims.push(dim);
+    }
+    Ok(GroupByList(dims))
+}
+
+/// Parses a humantime duration (`5s`, `10m`, `1h 30m`); `0` is zero.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (examples: 15s, 10m, 1h)"))
+}
+
+/// A duration in microseconds, saturating.
+pub fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn group_by_parses_and_rejects() {
+        assert_eq!(
+            parse_group_by("deployment, work_pool").unwrap().0,
+            vec![GroupBy::Deployment, GroupBy::WorkPool]
+        );
+        assert_eq!(parse_group_by("").unwrap().0, vec![]);
+        assert!(parse_group_by("deployment,color")
+            .unwrap_err()
+            .contains("'color'"));
+        assert!(parse_group_by("tag,tag").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn bare_invocation_is_run() {
+        let cli =
+            Cli::try_parse_from(["x", "--listen", "127.0.0.1:1", "--replay", "a.jsonl"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.replay, vec![PathBuf::from("a.jsonl")]);
+    }
+}

@@ -1,0 +1,215 @@
+//! The HTTP server: `/metrics`, `/api/v1/*`, `/healthz`, `/readyz` and a landing page.
+//!
+//! hyper 1.x, HTTP/1.1. Handlers only read shared state (copying aggregates under a short
+//! lock), so a scrape never stalls ingestion. Every JSON error is `{"error": "..."}`.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::exposition::{encode, Format};
+use crate::metrics::{Clock, Metrics};
+use crate::query::{parse_query, ResourceQuery};
+use crate::report::{CountsReport, ResourceList, ResourceView};
+use crate::state::Shared;
+use crate::status::Status;
+
+/// How long a client may take to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for open connections to finish.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What the handlers read.
+pub struct AppState {
+    /// Counts and runs.
+    pub shared: Arc<Shared>,
+    /// Readiness and stream condition.
+    pub status: Arc<Status>,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// "Now", for ages.
+    pub clock: Clock,
+}
+
+/// Serves HTTP on `listener` until `shutdown` is cancelled, then drains open connections
+/// (with a deadline) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "Accept failed; continuing.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, req)) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                debug!(error = %e, %peer, "HTTP connection ended with an error.");
+            }
+        });
+    }
+    connections.close();
+    if tokio::time::timeout(DRAIN_DEADLINE, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = connections.len(),
+            "HTTP connections still open at the drain deadline; closing them."
+        );
+    }
+    info!("HTTP server stopped.");
+    Ok(())
+}
+
+type HttpResponse = Response<Full<Bytes>>;
+
+fn route(state: &AppState, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    let known = matches!(
+        path,
+        "/" | "/metrics" | "/healthz" | "/readyz" | "/api/v1/counts" | "/api/v1/resources"
+    ) || path.starts_with("/api/v1/resources/");
+    if !known {
+        return error(StatusCode::NOT_FOUND, &format!("no such path: {path}"));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("method {} not allowed on {path}", req.method()),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match path {
+        "/" => respond(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            LANDING_PAGE.to_owned(),
+        ),
+        "/metrics" => {
+            let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            let body = encode(&state.metrics.gather(), format);
+            respond(StatusCode::OK, format.content_type(), body)
+        }
+        "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        "/readyz" => match state.status.readiness() {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+            Err(reason) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {reason}"),
+            ),
+        },
+        "/api/v1/counts" => json(
+            StatusCode::OK,
+            &CountsReport::build(&state.shared, &state.status),
+        ),
+        "/api/v1/resources" => {
+            let params = match parse_query(query).and_then(|p| ResourceQuery::from_params(&p)) {
+                Ok(params) => params,
+                Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+            };
+            json(
+                StatusCode::OK,
+                &ResourceList::build(&state.shared, &params, (state.clock)()),
+            )
+        }
+        _ => {
+            let raw = &path["/api/v1/resources/".len()..];
+            let Some(id) = crate::query::percent_decode(raw) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "resource id is not valid percent-encoded UTF-8",
+                );
+            };
+            match ResourceView::find(&state.shared, &id, (state.clock)()) {
+                Some(view) => json(StatusCode::OK, &view),
+                None => error(StatusCode::NOT_FOUND, &format!("unknown resource: {id}")),
+            }
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
+    match serde_json::to_string(value) {
+        Ok(body) => respond(status, "application/json", body),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode response: {e}"),
+        ),
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> HttpResponse {
+    let body = serde_json::json!({ "error": message }).to_string();
+    respond(status, "application/json", body)
+}
+
+const LANDING_PAGE: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>prefect-events-exporter</title></head>
+<body>
+<h1>prefect-events-exporter</h1>
+<p>Exact, real-time counts of Prefect flow-run and task-run states from Prefect's events stream.</p>
+<ul>
+<li><a href="/metrics">/metrics</a>: Prometheus text (OpenMetrics with <code>Accept: application/openmetrics-text</code>)</li>
+<li><a href="/api/v1/counts">/api/v1/counts</a>: counts by state as JSON</li>
+<li><a href="/api/v1/resources?kind=flow-run&amp;state_type=PENDING&amp;limit=100">/api/v1/resources</a>: tracked runs, oldest first (<code>kind</code>, <code>state_type</code>, <code>state_name</code>, <code>older_than</code>, <code>limit</code>)</li>
+<li><code>/api/v1/resources/{prefect.resource.id}</code>: one run</li>
+<li><a href="/healthz">/healthz</a>: liveness; <a href="/readyz">/readyz</a>: readiness</li>
+</ul>
+</body></html>
+"#;

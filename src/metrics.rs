@@ -1,0 +1,632 @@
+//! Every metric the exporter exposes: name, help text, type and labels, in one place.
+//!
+//! The exporter owns its [`Registry`] (never the global one). Counts are not kept in
+//! Prometheus types on the hot path: [`StateCollector`] copies the aggregates at scrape time
+//! and builds the metric families from them, so ingestion pays nothing for metrics.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::Registry;
+
+use crate::decode::RejectReason;
+use crate::event::{RunKind, StateKey, StateType};
+use crate::histogram::Histogram as Hist;
+use crate::labels::SeriesId;
+use crate::state::{KindCounts, Shared};
+use crate::status::Status;
+use crate::timestamp::{as_seconds, now_micros, Micros};
+
+/// A source of "now" for ages (injectable in tests).
+pub type Clock = Arc<dyn Fn() -> Micros + Send + Sync>;
+
+/// The wall clock.
+pub fn wall_clock() -> Clock {
+    Arc::new(now_micros)
+}
+
+/// One metric family's definition.
+struct Def {
+    name: String,
+    help: String,
+    ty: MetricType,
+    labels: Vec<String>,
+}
+
+impl Def {
+    fn new(
+        name: impl Into<String>,
+        help: impl Into<String>,
+        ty: MetricType,
+        labels: &[&str],
+    ) -> Def {
+        Def {
+            name: name.into(),
+            help: help.into(),
+            ty,
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        }
+    }
+
+    fn with_labels(mut self, extra: &[String]) -> Def {
+        self.labels.extend(extra.iter().cloned());
+        self
+    }
+}
+
+/// The family definitions of one run kind.
+struct KindDefs {
+    runs: Def,
+    entries: Def,
+    transitions: Def,
+    self_transitions: Def,
+    active: Def,
+    oldest_age: Def,
+    durations: Def,
+}
+
+impl KindDefs {
+    fn new(kind: RunKind, group_by: &[String]) -> KindDefs {
+        let stem = kind.metric_stem();
+        let what = match kind {
+            RunKind::FlowRun => "flow runs",
+            RunKind::TaskRun => "task runs",
+        };
+        let state = ["state_type", "state_name"];
+        KindDefs {
+            runs: Def::new(
+                format!("prefect_{stem}s"),
+                format!("Number of {what} currently in each state (all runs the server knows)."),
+                MetricType::GAUGE,
+                &state,
+            ),
+            entries: Def::new(
+                format!("prefect_{stem}_state_entries_total"),
+                format!("Entries of {what} into a state (self-transitions excluded)."),
+                MetricType::COUNTER,
+                &state,
+            )
+            .with_labels(group_by),
+            transitions: Def::new(
+                format!("prefect_{stem}_transitions_total"),
+                format!(
+                    "State transitions of {what} by type (from_state_type is empty for new runs)."
+                ),
+                MetricType::COUNTER,
+                &["from_state_type", "to_state_type"],
+            ),
+            self_transitions: Def::new(
+                format!("prefect_{stem}_self_transitions_total"),
+                format!("State events of {what} whose state equals the previous one."),
+                MetricType::COUNTER,
+                &state,
+            ),
+            active: Def::new(
+                format!("prefect_{stem}s_active"),
+                format!("Tracked {what} in a non-terminal state."),
+                MetricType::GAUGE,
+                &state,
+            )
+            .with_labels(group_by),
+            oldest_age: Def::new(
+                format!("prefect_{stem}_oldest_state_age_seconds"),
+                format!("Age of the oldest tracked {what} in each non-terminal state."),
+                MetricType::GAUGE,
+                &state,
+            ),
+            durations: Def::new(
+                format!("prefect_{stem}_state_duration_seconds"),
+                format!("Time {what} spent in a state, observed when they leave it."),
+                MetricType::HISTOGRAM,
+                &state,
+            ),
+        }
+    }
+
+    fn all(&self) -> [&Def; 7] {
+        [
+            &self.runs,
+            &self.entries,
+            &self.transitions,
+            &self.self_transitions,
+            &self.active,
+            &self.oldest_age,
+            &self.durations,
+        ]
+    }
+}
+
+/// The exporter's own family definitions.
+struct ExporterDefs {
+    received: Def,
+    duplicates: Def,
+    rejected: Def,
+    connected: Def,
+    reconnects: Def,
+    last_event: Def,
+    delay: Def,
+    chain_gaps: Def,
+    tracked: Def,
+    dedup_ids: Def,
+    dedup_evicted: Def,
+    retired: Def,
+    folded: Def,
+}
+
+impl ExporterDefs {
+    fn new() -> ExporterDefs {
+        use MetricType::{COUNTER, GAUGE, HISTOGRAM};
+        ExporterDefs {
+            received: Def::new(
+                "prefect_exporter_events_received_total",
+                "Frames decoded as events, by kind (state or other); duplicates included.",
+                COUNTER,
+                &["kind"],
+            ),
+            duplicates: Def::new(
+                "prefect_exporter_events_duplicate_total",
+                "Events dropped because their id was already seen.",
+                COUNTER,
+                &[],
+            ),
+            rejected: Def::new(
+                "prefect_exporter_events_rejected_total",
+                "Frames rejected as unusable, by reason; each is skipped.",
+                COUNTER,
+                &["reason"],
+            ),
+            connected: Def::new(
+                "prefect_exporter_stream_connected",
+                "1 while the events stream is subscribed.",
+                GAUGE,
+                &[],
+            ),
+            reconnects: Def::new(
+                "prefect_exporter_stream_reconnects_total",
+                "Reconnections of the events stream, by reason.",
+                COUNTER,
+                &["reason"],
+            ),
+            last_event: Def::new(
+                "prefect_exporter_last_event_timestamp_seconds",
+                "Newest occurred timestamp applied (Unix seconds).",
+                GAUGE,
+                &[],
+            ),
+            delay: Def::new(
+                "prefect_exporter_event_delay_seconds",
+                "Wall-clock time between an event's occurred timestamp and applying it.",
+                HISTOGRAM,
+                &[],
+            ),
+            chain_gaps: Def::new(
+                "prefect_exporter_chain_gaps_total",
+                "State events of tracked runs whose follows names an event never seen (a drop).",
+                COUNTER,
+                &[],
+            ),
+            tracked: Def::new(
+                "prefect_exporter_tracked_resources",
+                "Runs held in memory.",
+                GAUGE,
+                &[],
+            ),
+            dedup_ids: Def::new(
+                "prefect_exporter_dedup_ids",
+                "Event ids held by the deduplication window.",
+                GAUGE,
+                &[],
+            ),
+            dedup_evicted: Def::new(
+                "prefect_exporter_dedup_evicted_total",
+                "Event ids dropped from a full deduplication window before aging out.",
+                COUNTER,
+                &[],
+            ),
+            retired: Def::new(
+                "prefect_exporter_runs_retired_total",
+                "Terminal runs dropped from memory after the retention period (their counts stay).",
+                COUNTER,
+                &[],
+            ),
+            folded: Def::new(
+                "prefect_exporter_series_folded_total",
+                "Events whose state name or label set was folded into __other__ by the series cap.",
+                COUNTER,
+                &["what"],
+            ),
+        }
+    }
+
+    fn all(&self) -> [&Def; 13] {
+        [
+            &self.received,
+            &self.duplicates,
+            &self.rejected,
+            &self.connected,
+            &self.reconnects,
+            &self.last_event,
+            &self.delay,
+            &self.chain_gaps,
+            &self.tracked,
+            &self.dedup_ids,
+            &self.dedup_evicted,
+            &self.retired,
+            &self.folded,
+        ]
+    }
+}
+
+/// Builds every family from the shared state at scrape time.
+pub struct StateCollector {
+    shared: Arc<Shared>,
+    status: Arc<Status>,
+    clock: Clock,
+    kinds: [KindDefs; 2],
+    exporter: ExporterDefs,
+    descs: Vec<Desc>,
+}
+
+impl StateCollector {
+    /// A collector over `shared`, with ages measured by `clock`.
+    pub fn new(
+        shared: Arc<Shared>,
+        status: Arc<Status>,
+        clock: Clock,
+        group_by: &[String],
+    ) -> StateCollector {
+        let kinds = [
+            KindDefs::new(RunKind::FlowRun, group_by),
+            KindDefs::new(RunKind::TaskRun, group_by),
+        ];
+        let exporter = ExporterDefs::new();
+        let descs = kinds
+            .iter()
+            .flat_map(KindDefs::all)
+            .chain(exporter.all())
+            .filter_map(|d| {
+                Desc::new(
+                    d.name.clone(),
+                    d.help.clone(),
+                    d.labels.clone(),
+                    HashMap::new(),
+                )
+                .ok()
+            })
+            .collect();
+        StateCollector {
+            shared,
+            status,
+            clock,
+            kinds,
+            exporter,
+            descs,
+        }
+    }
+
+    fn kind_families(
+        &self,
+        kind: RunKind,
+        counts: &KindCounts,
+        series: &dyn Fn(SeriesId) -> Vec<String>,
+        out: &mut Vec<MetricFamily>,
+    ) {
+        let defs = &self.kinds[kind.index()];
+        let state_labels = |s: &StateKey| vec![s.ty.as_str().to_owned(), s.name.to_string()];
+
+        let mut current: BTreeMap<&StateKey, i64> =
+            counts.current.iter().map(|(k, v)| (k, *v)).collect();
+        let defaults: Vec<StateKey> = StateType::ALL
+            .iter()
+            .map(|t| StateKey {
+                ty: *t,
+                name: Arc::from(t.default_name()),
+            })
+            .collect();
+        for key in &defaults {
+            current.entry(key).or_insert(0);
+        }
+        out.push(family(
+            &defs.runs,
+            current
+                .into_iter()
+                .map(|(k, v)| (state_labels(k), gauge(v as f64))),
+        ));
+
+        out.push(family(
+            &defs.entries,
+            counts.entries.iter().map(|((k, s), v)| {
+                let mut labels = state_labels(k);
+                labels.extend(series(*s));
+                (labels, counter(*v as f64))
+            }),
+        ));
+
+        let mut transitions = Vec::new();
+        for (from_index, row) in counts.transitions.iter().enumerate() {
+            let from = StateType::ALL.get(from_index).map_or("", |t| t.as_str());
+            for (to_index, &n) in row.iter().enumerate() {
+                if n > 0 {
+                    transitions.push((
+                        vec![
+                            from.to_owned(),
+                            StateType::ALL[to_index].as_str().to_owned(),
+                        ],
+                        counter(n as f64),
+                    ));
+                }
+            }
+        }
+        out.push(family(&defs.transitions, transitions));
+
+        out.push(family(
+            &defs.self_transitions,
+            counts
+                .self_transitions
+                .iter()
+                .map(|(k, v)| (state_labels(k), counter(*v as f64))),
+        ));
+
+        out.push(family(
+            &defs.active,
+            counts.active.iter().map(|((k, s), v)| {
+                let mut labels = state_labels(k);
+                labels.extend(series(*s));
+                (labels, gauge(*v as f64))
+            }),
+        ));
+
+        let now = (self.clock)();
+        let mut oldest: HashMap<StateKey, Micros> = HashMap::new();
+        for record in self.shared.table(kind).runs.iter() {
+            if record.state.ty.is_terminal() {
+                continue;
+            }
+            let since = oldest.entry(record.state.clone()).or_insert(record.since);
+            *since = (*since).min(record.since);
+        }
+        out.push(family(
+            &defs.oldest_age,
+            oldest
+                .iter()
+                .map(|(k, since)| (state_labels(k), gauge(as_seconds((now - since).max(0))))),
+        ));
+
+        out.push(family(
+            &defs.durations,
+            counts
+                .durations
+                .iter()
+                .map(|(k, h)| (state_labels(k), histogram(h))),
+        ));
+    }
+}
+
+impl Collector for StateCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let (kinds, events, series_values, dims) = {
+            let counts = self.shared.counts.lock();
+            let kinds: Vec<(RunKind, KindCounts)> = self
+                .shared
+                .kinds()
+                .map(|k| (k, counts.kinds[k.index()].clone()))
+                .collect();
+            let series_values: Vec<Vec<String>> = (0..counts.series.len())
+                .map(|i| {
+                    counts
+                        .series
+                        .values(SeriesId(i as u32))
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect()
+                })
+                .collect();
+            (
+                kinds,
+                counts.events.clone(),
+                series_values,
+                counts.series.dims().len(),
+            )
+        };
+        let series = |id: SeriesId| -> Vec<String> {
+            series_values
+                .get(id.0 as usize)
+                .cloned()
+                .unwrap_or_else(|| vec![String::new(); dims])
+        };
+        let mut out = Vec::new();
+        for (kind, counts) in &kinds {
+            self.kind_families(*kind, counts, &series, &mut out);
+        }
+
+        let e = &self.exporter;
+        out.push(family(
+            &e.received,
+            [
+                (vec!["state".to_owned()], counter(events.state as f64)),
+                (vec!["other".to_owned()], counter(events.other as f64)),
+            ],
+        ));
+        out.push(family(
+            &e.duplicates,
+            [(vec![], counter(events.duplicates as f64))],
+        ));
+        out.push(family(
+            &e.rejected,
+            RejectReason::ALL.iter().map(|r| {
+                (
+                    vec![r.as_str().to_owned()],
+                    counter(events.rejected[r.index()] as f64),
+                )
+            }),
+        ));
+        out.push(family(
+            &e.connected,
+            [(
+                vec![],
+                gauge(if self.status.connected() { 1.0 } else { 0.0 }),
+            )],
+        ));
+        out.push(family(
+            &e.reconnects,
+            self.status
+                .reconnects_by_reason()
+                .into_iter()
+                .map(|(r, n)| (vec![r], counter(n as f64))),
+        ));
+        if let Some(last) = events.last_occurred {
+            out.push(family(&e.last_event, [(vec![], gauge(as_seconds(last)))]));
+        }
+        out.push(family(&e.delay, [(vec![], histogram(&events.delay))]));
+        out.push(family(
+            &e.chain_gaps,
+            [(vec![], counter(events.chain_gaps as f64))],
+        ));
+        let tracked: usize = self
+            .shared
+            .kinds()
+            .map(|k| self.shared.table(k).runs.len())
+            .sum();
+        out.push(family(&e.tracked, [(vec![], gauge(tracked as f64))]));
+        out.push(family(
+            &e.dedup_ids,
+            [(vec![], gauge(events.dedup_ids as f64))],
+        ));
+        out.push(family(
+            &e.dedup_evicted,
+            [(vec![], counter(events.dedup_evicted as f64))],
+        ));
+        out.push(family(
+            &e.retired,
+            [(vec![], counter(events.runs_retired as f64))],
+        ));
+        out.push(family(
+            &e.folded,
+            [
+                (
+                    vec!["state_name".to_owned()],
+                    counter(events.folded_state_names as f64),
+                ),
+                (
+                    vec!["label_set".to_owned()],
+                    counter(events.folded_label_sets as f64),
+                ),
+            ],
+        ));
+        out
+    }
+}
+
+/// The exporter's registry and its collectors.
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// A registry with every family of the exporter registered.
+    pub fn new(
+        shared: Arc<Shared>,
+        status: Arc<Status>,
+        clock: Clock,
+    ) -> prometheus::Result<Metrics> {
+        let group_by: Vec<String> = {
+            let counts = shared.counts.lock();
+            counts
+                .series
+                .dims()
+                .iter()
+                .map(|d| d.label().to_owned())
+                .collect()
+        };
+        let registry = Registry::new();
+        registry.register(Box::new(StateCollector::new(
+            shared, status, clock, &group_by,
+        )))?;
+        Ok(Metrics { registry })
+    }
+
+    /// Every family, sorted by name.
+    pub fn gather(&self) -> Vec<MetricFamily> {
+        self.registry.gather()
+    }
+}
+
+enum Value {
+    Counter(f64),
+    Gauge(f64),
+    Histogram(Histogram),
+}
+
+fn counter(v: f64) -> Value {
+    Value::Counter(v)
+}
+
+fn gauge(v: f64) -> Value {
+    Value::Gauge(v)
+}
+
+fn histogram(h: &Hist) -> Value {
+    let mut out = Histogram::default();
+    out.set_sample_count(h.count());
+    out.set_sample_sum(h.sum());
+    out.set_bucket(
+        h.cumulative()
+            .map(|(bound, n)| {
+                let mut b = Bucket::default();
+                b.set_upper_bound(bound);
+                b.set_cumulative_count(n);
+                b
+            })
+            .collect(),
+    );
+    Value::Histogram(out)
+}
+
+fn family(def: &Def, samples: impl IntoIterator<Item = (Vec<String>, Value)>) -> MetricFamily {
+    let mut mf = MetricFamily::default();
+    mf.set_name(def.name.clone());
+    mf.set_help(def.help.clone());
+    mf.set_field_type(def.ty);
+    let metrics = samples
+        .into_iter()
+        .map(|(values, value)| {
+            let mut m = Metric::default();
+            m.set_label(
+                def.labels
+                    .iter()
+                    .zip(values)
+                    .map(|(name, value)| {
+                        let mut l = LabelPair::default();
+                        l.set_name(name.clone());
+                        l.set_value(value);
+                        l
+                    })
+                    .collect(),
+            );
+            match value {
+                Value::Counter(v) => {
+                    let mut c = Counter::default();
+                    c.set_value(v);
+                    m.set_counter(c);
+                }
+                Value::Gauge(v) => {
+                    let mut g = Gauge::default();
+                    g.set_value(v);
+                    m.set_gauge(g);
+                }
+                Value::Histogram(h) => m.set_histogram(h),
+            }
+            m
+        })
+        .collect();
+    mf.set_metric(metrics);
+    mf
+}

@@ -1,0 +1,211 @@
+//! Decode -> dedup -> state: the one path every frame takes, from any source.
+//!
+//! Synchronous and owned by one task. A batch of frames is applied under one lock of the
+//! aggregates; every rejected or duplicate frame is counted here, and rejections are logged
+//! here too (rate-limited), so nothing is dropped silently anywhere else.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use crate::decode::{decode, Decoded, RejectReason};
+use crate::dedup::{Dedup, Seen};
+use crate::state::{Counts, Shared, StateConfig, Tracker};
+use crate::timestamp::{as_seconds, now_micros, Micros};
+use parking_lot::MutexGuard;
+
+/// Settings of the pipeline.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// The state layer's settings.
+    pub state: StateConfig,
+    /// Dedup window in event-time micros (`--dedup-window`).
+    pub dedup_window: Micros,
+    /// Dedup capacity (`--dedup-capacity`).
+    pub dedup_capacity: usize,
+}
+
+/// What happened to one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new state event of a tracked kind, applied.
+    Applied,
+    /// A new event that is not a tracked state event.
+    Other,
+    /// An event id already seen.
+    Duplicate,
+    /// Not an event (another frame type, a blank line).
+    Skipped,
+    /// Unusable input.
+    Rejected(RejectReason),
+}
+
+/// The ingestion pipeline.
+#[derive(Debug)]
+pub struct Pipeline {
+    shared: Arc<Shared>,
+    dedup: Dedup,
+    tracker: Tracker,
+    reject_log: RateLimit,
+}
+
+impl Pipeline {
+    /// A pipeline with empty state.
+    pub fn new(config: PipelineConfig) -> Pipeline {
+        let tracker = Tracker::new(config.state);
+        Pipeline {
+            shared: tracker.shared().clone(),
+            dedup: Dedup::new(config.dedup_window, config.dedup_capacity),
+            tracker,
+            reject_log: RateLimit::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// The state readers see.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Starts a batch: the aggregates stay locked until the batch is dropped, so keep batches
+    /// short (a few hundred frames).
+    pub fn batch(&mut self) -> Batch<'_> {
+        let Pipeline {
+            shared,
+            dedup,
+            tracker,
+            reject_log,
+        } = self;
+        Batch {
+            counts: shared.counts.lock(),
+            dedup,
+            tracker,
+            reject_log,
+            now: now_micros(),
+        }
+    }
+
+    /// Applies a batch of frames under one lock of the aggregates.
+    pub fn ingest_batch<I>(&mut self, frames: I)
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let mut batch = self.batch();
+        for frame in frames {
+            batch.ingest(frame.as_ref());
+        }
+    }
+
+    /// Applies one frame in a batch of its own.
+    pub fn ingest(&mut self, frame: &[u8]) -> Outcome {
+        self.batch().ingest(frame)
+    }
+}
+
+/// Frames applied under one lock of the aggregates; ends (and retires old runs) on drop.
+pub struct Batch<'p> {
+    counts: MutexGuard<'p, Counts>,
+    dedup: &'p mut Dedup,
+    tracker: &'p mut Tracker,
+    reject_log: &'p mut RateLimit,
+    now: Micros,
+}
+
+impl Batch<'_> {
+    /// Decodes, deduplicates and applies one frame.
+    pub fn ingest(&mut self, frame: &[u8]) -> Outcome {
+        let counts = &mut *self.counts;
+        let event = match decode(frame) {
+            Decoded::Event(event) => event,
+            Decoded::Skip => return Outcome::Skipped,
+            Decoded::Rejected(reason) => {
+                self.reject(reason, frame.len());
+                return Outcome::Rejected(reason);
+            }
+        };
+        let tracked = self.tracker.tracked_kind(&event);
+        match tracked {
+            Some(_) => counts.events.state += 1,
+            None => counts.events.other += 1,
+        }
+        if self.dedup.check_and_insert(event.id, event.occurred) == Seen::Duplicate {
+            counts.events.duplicates += 1;
+            return Outcome::Duplicate;
+        }
+        counts
+            .events
+            .delay
+            .observe(as_seconds(self.now - event.occurred).max(0.0));
+        if counts
+            .events
+            .last_occurred
+            .is_none_or(|t| event.occurred > t)
+        {
+            counts.events.last_occurred = Some(event.occurred);
+        }
+        let (Some(kind), Some(change)) = (tracked, event.state.as_ref()) else {
+            return Outcome::Other;
+        };
+        let follows_seen = event.follows.is_none_or(|f| self.dedup.contains(f));
+        self.tracker
+            .apply(counts, kind, &event, change, follows_seen);
+        Outcome::Applied
+    }
+
+    /// Counts (and logs, rate-limited) a frame rejected before or during decoding.
+    pub fn reject(&mut self, reason: RejectReason, frame_bytes: usize) {
+        self.counts.events.rejected[reason.index()] += 1;
+        if let Some(suppressed) = self.reject_log.allow() {
+            warn!(
+                reason = reason.as_str(),
+                frame_bytes,
+                suppressed_since_last = suppressed,
+                "Rejected a frame; it is counted and skipped."
+            );
+        }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        let counts = &mut *self.counts;
+        if let Some(newest) = self.dedup.newest() {
+            self.tracker.retire(counts, newest);
+        }
+        counts.events.dedup_ids = self.dedup.len() as u64;
+        counts.events.dedup_evicted = self.dedup.evicted_by_capacity();
+    }
+}
+
+/// Lets one log line through per period and counts the ones held back.
+#[derive(Debug)]
+struct RateLimit {
+    period: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    fn new(period: Duration) -> RateLimit {
+        RateLimit {
+            period,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(suppressed count)` when a line may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.period)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}

@@ -1,0 +1,153 @@
+//! Recorded JSONL files as a source: one frame or bare event per line.
+//!
+//! Lines end in `\n` or `\r\n`; blank lines are passed on (the decoder skips them). A line
+//! longer than [`MAX_FRAME_BYTES`] is never held in memory: it is read past and reported as
+//! [`Line::Oversize`].
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::Path;
+
+use crate::decode::MAX_FRAME_BYTES;
+
+/// One line of a replay file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line<'a> {
+    /// The line's bytes, without its line ending.
+    Frame(&'a [u8]),
+    /// A line over the size limit, with its length in bytes.
+    Oversize(usize),
+}
+
+/// Reads lines with a reusable buffer and a size limit.
+pub struct LineReader<R> {
+    reader: R,
+    buf: Vec<u8>,
+    limit: usize,
+    bytes_read: u64,
+}
+
+impl LineReader<BufReader<File>> {
+    /// Opens a file for reading.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Ok(LineReader::new(BufReader::with_capacity(
+            256 * 1024,
+            File::open(path)?,
+        )))
+    }
+}
+
+impl<R: BufRead> LineReader<R> {
+    /// Wraps a buffered reader, with the limit of [`MAX_FRAME_BYTES`].
+    pub fn new(reader: R) -> Self {
+        LineReader::with_limit(reader, MAX_FRAME_BYTES)
+    }
+
+    /// Wraps a buffered reader with a line-length limit.
+    pub fn with_limit(reader: R, limit: usize) -> Self {
+        LineReader {
+            reader,
+            buf: Vec::new(),
+            limit,
+            bytes_read: 0,
+        }
+    }
+
+    /// Bytes consumed so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    /// The next line, or `None` at the end of the input.
+    pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
+        self.buf.clear();
+        let mut total = 0usize;
+        let mut oversize = false;
+        loop {
+            let available = match self.reader.fill_buf() {
+                Ok(available) => available,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if available.is_empty() {
+                if total == 0 {
+                    return Ok(None);
+                }
+                break;
+            }
+            let (chunk, done) = match memchr(available) {
+                Some(i) => (&available[..=i], true),
+                None => (available, false),
+            };
+            let used = chunk.len();
+            total += used;
+            if !oversize && self.buf.len() + used > self.limit + 2 {
+                oversize = true;
+                self.buf.clear();
+            }
+            if !oversize {
+                self.buf.extend_from_slice(chunk);
+            }
+            self.reader.consume(used);
+            self.bytes_read += used as u64;
+            if done {
+                break;
+            }
+        }
+        if oversize {
+            return Ok(Some(Line::Oversize(total)));
+        }
+        let mut line = self.buf.as_slice();
+        if let Some(rest) = line.strip_suffix(b"\n") {
+            line = rest;
+        }
+        if let Some(rest) = line.strip_suffix(b"\r") {
+            line = rest;
+        }
+        if line.len() > self.limit {
+            return Ok(Some(Line::Oversize(line.len())));
+        }
+        Ok(Some(Line::Frame(line)))
+    }
+}
+
+fn memchr(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().position(|&b| b == b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], limit: usize) -> Vec<Result<Vec<u8>, usize>> {
+        let mut reader = LineReader::with_limit(BufReader::with_capacity(4, input), limit);
+        let mut out = Vec::new();
+        while let Some(line) = reader.next_line().unwrap() {
+            out.push(match line {
+                Line::Frame(f) => Ok(f.to_vec()),
+                Line::Oversize(n) => Err(n),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn splits_lf_and_crlf_and_keeps_blank_lines() {
+        assert_eq!(
+            lines(b"ab\r\n\ncd\nef", 100),
+            vec![
+                Ok(b"ab".to_vec()),
+                Ok(vec![]),
+                Ok(b"cd".to_vec()),
+                Ok(b"ef".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn long_lines_are_reported_not_buffered() {
+        let mut input = vec![b'x'; 50];
+        input.extend_from_slice(b"\nok\n");
+        assert_eq!(lines(&input, 10), vec![Err(51), Ok(b"ok".to_vec())]);
+    }
+}

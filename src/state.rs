@@ -1,0 +1,509 @@
+//! Per-run state keyed by `prefect.resource.id`, and the aggregate counts built from it.
+//!
+//! [`Tracker`] is the only writer: the pipeline calls [`Tracker::apply`] for every new state
+//! event while holding the [`Counts`] lock for a batch. Readers (HTTP, metrics) take that lock
+//! only to copy the small aggregates, and read run records from the [`RunTable`]s shard by
+//! shard, so reading never stalls ingestion for longer than one copy.
+//!
+//! Semantics (SPEC §3): every state event contributes its own transition (`from` =
+//! `initial_state`, `to` = `validated_state`), so entries and transitions do not depend on
+//! arrival order; a run's current state is the one of its newest event by state timestamp,
+//! which an older event arriving late never moves back; a same-state event is a
+//! self-transition, counted apart and never as an entry.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use crate::decode::RejectReason;
+use crate::event::{
+    format_uuid, parse_uuid, Event, EventId, RelatedNames, RunKind, StateChange, StateKey,
+};
+use crate::histogram::Histogram;
+use crate::labels::{Interner, SeriesId, SeriesTable, StateNames};
+use crate::timestamp::Micros;
+
+/// How many of a run's transitions its record keeps, newest last.
+pub const RECENT_TRANSITIONS: usize = 5;
+
+/// Upper bounds (seconds) of the state-duration histogram: queue waits in seconds up to runs
+/// of a day.
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0,
+    43200.0, 86400.0,
+];
+
+/// Settings of the state layer.
+#[derive(Clone, Debug)]
+pub struct StateConfig {
+    /// Count task runs too (`--task-runs`).
+    pub track_task_runs: bool,
+    /// Drop terminal runs from memory after this long (event time) without an event.
+    pub terminal_retention: Micros,
+    /// Cap on group-by label sets and on distinct state names.
+    pub max_series: usize,
+    /// Group-by dimensions, in label order.
+    pub group_by: Vec<crate::labels::GroupBy>,
+}
+
+/// The map key of a run: the UUID of its resource id, or a 128-bit hash of an id that is not
+/// `prefect.<kind>.<lower-case uuid>` (the record then keeps the original text).
+pub type RunKey = u128;
+
+/// The key of a resource id of `kind`, and whether the id is canonical.
+pub fn run_key(kind: RunKind, resource_id: &str) -> (RunKey, bool) {
+    let suffix = &resource_id[kind.resource_prefix().len()..];
+    match parse_uuid(suffix) {
+        Some(value) if suffix.bytes().all(|b| !b.is_ascii_uppercase()) => (value, true),
+        _ => (crate::event::fnv1a_128(resource_id.as_bytes()), false),
+    }
+}
+
+/// One transition as a run's record keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecentTransition {
+    /// The state left, `None` for a new run.
+    pub from: Option<StateKey>,
+    /// The state entered.
+    pub to: StateKey,
+    /// The state timestamp of the event.
+    pub at: Micros,
+    /// The event.
+    pub event: EventId,
+}
+
+/// How often a run made one transition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransitionCount {
+    /// The state left, `None` for a new run.
+    pub from: Option<StateKey>,
+    /// The state entered.
+    pub to: StateKey,
+    /// Events carrying this transition.
+    pub count: u32,
+}
+
+/// Names of a run's related resources.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunLabels {
+    /// Flow name.
+    pub flow: Option<Arc<str>>,
+    /// Deployment name.
+    pub deployment: Option<Arc<str>>,
+    /// Work pool name.
+    pub work_pool: Option<Arc<str>>,
+    /// Work queue name.
+    pub work_queue: Option<Arc<str>>,
+    /// Tag names.
+    pub tags: Box<[Arc<str>]>,
+}
+
+/// Everything known about one tracked run.
+#[derive(Clone, Debug)]
+pub struct RunRecord {
+    /// The resource id when it is not canonical (else it is rebuilt from kind and key).
+    pub odd_id: Option<Box<str>>,
+    /// `prefect.resource.name` of the newest event.
+    pub name: Option<Box<str>>,
+    /// The current state.
+    pub state: StateKey,
+    /// When the run entered the current state.
+    pub since: Micros,
+    /// State timestamp of the event that set the current state (ordering key).
+    pub state_at: Micros,
+    /// The event that set the current state (tie-breaker for equal timestamps).
+    pub state_event: EventId,
+    /// Newest `occurred` of any of its events (drives terminal retention).
+    pub last_occurred: Micros,
+    /// The group-by label set of the current state.
+    pub series: SeriesId,
+    /// Related names from the newest event that had them.
+    pub labels: RunLabels,
+    /// Per-transition counts.
+    pub transitions: Vec<TransitionCount>,
+    /// The last few transitions, oldest first.
+    pub recent: VecDeque<RecentTransition>,
+}
+
+impl RunRecord {
+    /// The run's `prefect.resource.id`.
+    pub fn resource_id(&self, kind: RunKind, key: RunKey) -> String {
+        match &self.odd_id {
+            Some(id) => id.to_string(),
+            None => format!("{}{}", kind.resource_prefix(), format_uuid(key)),
+        }
+    }
+
+    fn count_transition(&mut self, from: &Option<StateKey>, to: &StateKey) {
+        match self
+            .transitions
+            .iter_mut()
+            .find(|t| &t.from == from && &t.to == to)
+        {
+            Some(t) => t.count = t.count.saturating_add(1),
+            None => self.transitions.push(TransitionCount {
+                from: from.clone(),
+                to: to.clone(),
+                count: 1,
+            }),
+        }
+    }
+
+    fn remember(&mut self, transition: RecentTransition) {
+        let position = self
+            .recent
+            .iter()
+            .rposition(|t| (t.at, t.event) <= (transition.at, transition.event))
+            .map_or(0, |p| p + 1);
+        if position == 0 && self.recent.len() >= RECENT_TRANSITIONS {
+            return;
+        }
+        self.recent.insert(position, transition);
+        while self.recent.len() > RECENT_TRANSITIONS {
+            self.recent.pop_front();
+        }
+    }
+}
+
+/// The runs of one kind, keyed by [`RunKey`].
+#[derive(Debug, Default)]
+pub struct RunTable {
+    /// The records. Readers may iterate; only the [`Tracker`] writes.
+    pub runs: DashMap<RunKey, RunRecord, foldhash::fast::RandomState>,
+}
+
+/// Upper bounds (seconds) of the event-delay histogram.
+pub const DELAY_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0,
+];
+
+/// Aggregates of one run kind.
+#[derive(Clone, Debug, Default)]
+pub struct KindCounts {
+    /// Runs currently in each state.
+    pub current: HashMap<StateKey, i64>,
+    /// Entries into each state, by group-by label set (self-transitions excluded).
+    pub entries: HashMap<(StateKey, SeriesId), u64>,
+    /// Transitions by type: `[from type index, or 9 for a new run][to type index]`.
+    pub transitions: [[u64; 9]; 10],
+    /// Same-state events by state.
+    pub self_transitions: HashMap<StateKey, u64>,
+    /// Tracked non-terminal runs by state and group-by label set.
+    pub active: HashMap<(StateKey, SeriesId), i64>,
+    /// Time spent in each state, observed when a run leaves it.
+    pub durations: HashMap<StateKey, Histogram>,
+}
+
+impl KindCounts {
+    fn add_current(&mut self, state: &StateKey, delta: i64) {
+        *self.current.entry(state.clone()).or_default() += delta;
+    }
+
+    fn add_active(&mut self, state: &StateKey, series: SeriesId, delta: i64) {
+        if state.ty.is_terminal() {
+            return;
+        }
+        let key = (state.clone(), series);
+        let value = self.active.entry(key.clone()).or_default();
+        *value += delta;
+        if *value == 0 {
+            self.active.remove(&key);
+        }
+    }
+}
+
+/// Counters about the event stream itself.
+#[derive(Clone, Debug)]
+pub struct EventCounts {
+    /// Decoded state events (duplicates included).
+    pub state: u64,
+    /// Decoded other events (duplicates included).
+    pub other: u64,
+    /// Events dropped as duplicates.
+    pub duplicates: u64,
+    /// Rejected lines by [`RejectReason::index`].
+    pub rejected: [u64; RejectReason::ALL.len()],
+    /// Same-state events (all kinds).
+    pub self_transitions: u64,
+    /// Tracked runs whose `follows` named an event never seen.
+    pub chain_gaps: u64,
+    /// Newest `occurred` applied.
+    pub last_occurred: Option<Micros>,
+    /// Wall-clock delay between `occurred` and applying, per event.
+    pub delay: Histogram,
+    /// Ids remembered by the dedup window.
+    pub dedup_ids: u64,
+    /// Ids dropped from the dedup window because it was full.
+    pub dedup_evicted: u64,
+    /// Terminal runs dropped from memory after the retention period.
+    pub runs_retired: u64,
+    /// State events whose state name was folded into `__other__`.
+    pub folded_state_names: u64,
+    /// State events whose group-by label set was folded into `__other__`.
+    pub folded_label_sets: u64,
+}
+
+impl Default for EventCounts {
+    fn default() -> Self {
+        EventCounts {
+            state: 0,
+            other: 0,
+            duplicates: 0,
+            rejected: [0; RejectReason::ALL.len()],
+            self_transitions: 0,
+            chain_gaps: 0,
+            last_occurred: None,
+            delay: Histogram::new(&DELAY_BUCKETS),
+            dedup_ids: 0,
+            dedup_evicted: 0,
+            runs_retired: 0,
+            folded_state_names: 0,
+            folded_label_sets: 0,
+        }
+    }
+}
+
+impl EventCounts {
+    /// All rejected lines.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.iter().sum()
+    }
+}
+
+/// The aggregates readers copy: small, behind one lock.
+#[derive(Debug)]
+pub struct Counts {
+    /// Per kind, by [`RunKind::index`].
+    pub kinds: [KindCounts; 2],
+    /// Stream counters.
+    pub events: EventCounts,
+    /// Group-by label sets.
+    pub series: SeriesTable,
+}
+
+/// State shared between the pipeline and its readers.
+#[derive(Debug)]
+pub struct Shared {
+    /// Runs per kind, by [`RunKind::index`].
+    pub tables: [RunTable; 2],
+    /// The aggregates.
+    pub counts: Mutex<Counts>,
+    /// Whether task runs are tracked.
+    pub track_task_runs: bool,
+}
+
+impl Shared {
+    /// The run table of `kind`.
+    pub fn table(&self, kind: RunKind) -> &RunTable {
+        &self.tables[kind.index()]
+    }
+
+    /// The kinds being tracked.
+    pub fn kinds(&self) -> impl Iterator<Item = RunKind> + '_ {
+        RunKind::ALL
+            .into_iter()
+            .filter(|k| *k == RunKind::FlowRun || self.track_task_runs)
+    }
+}
+
+/// The single writer of [`Shared`].
+#[derive(Debug)]
+pub struct Tracker {
+    shared: Arc<Shared>,
+    names: StateNames,
+    strings: Interner,
+    config: StateConfig,
+    retention: VecDeque<(Micros, RunKind, RunKey)>,
+}
+
+impl Tracker {
+    /// A tracker with empty state.
+    pub fn new(config: StateConfig) -> Tracker {
+        let counts = Counts {
+            kinds: Default::default(),
+            events: EventCounts::default(),
+            series: SeriesTable::new(config.group_by.clone(), config.max_series),
+        };
+        let shared = Arc::new(Shared {
+            tables: Default::default(),
+            counts: Mutex::new(counts),
+            track_task_runs: config.track_task_runs,
+        });
+        Tracker {
+            shared,
+            names: StateNames::new(config.max_series),
+            strings: Interner::new(config.max_series.saturating_mul(4)),
+            config,
+            retention: VecDeque::new(),
+        }
+    }
+
+    /// The state readers see.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The kind `event` is tracked as, when it is a state event of a tracked kind.
+    pub fn tracked_kind(&self, event: &Event<'_>) -> Option<RunKind> {
+        event.state.as_ref()?;
+        match RunKind::of_resource(&event.resource_id)? {
+            RunKind::TaskRun if !self.config.track_task_runs => None,
+            kind => Some(kind),
+        }
+    }
+
+    /// Applies one new (already deduplicated) state event of `kind`.
+    ///
+    /// `follows_seen` says whether the event named by `follows` is known (for chain gaps).
+    pub fn apply(
+        &mut self,
+        counts: &mut Counts,
+        kind: RunKind,
+        event: &Event<'_>,
+        change: &StateChange<'_>,
+        follows_seen: bool,
+    ) {
+        let to = self.names.key(change.to.ty, &change.to.name);
+        let from = change.from.as_ref().map(|f| self.names.key(f.ty, &f.name));
+        counts.events.folded_state_names = self.names.folded();
+        let series = counts.series.id_for(&event.related);
+        counts.events.folded_label_sets = counts.series.folded();
+        let kc = &mut counts.kinds[kind.index()];
+        if from.as_ref() == Some(&to) {
+            *kc.self_transitions.entry(to.clone()).or_default() += 1;
+            counts.events.self_transitions += 1;
+        } else {
+            *kc.entries.entry((to.clone(), series)).or_default() += 1;
+            let from_index = from.as_ref().map_or(9, |f| f.ty.index());
+            kc.transitions[from_index][to.ty.index()] += 1;
+        }
+
+        let (key, canonical) = run_key(kind, &event.resource_id);
+        let transition = RecentTransition {
+            from: from.clone(),
+            to: to.clone(),
+            at: change.timestamp,
+            event: event.id,
+        };
+        let table = &self.shared.tables[kind.index()];
+        match table.runs.entry(key) {
+            Entry::Vacant(vacant) => {
+                kc.add_current(&to, 1);
+                kc.add_active(&to, series, 1);
+                if to.ty.is_terminal() {
+                    self.retention.push_back((event.occurred, kind, key));
+                }
+                let mut record = RunRecord {
+                    odd_id: (!canonical).then(|| event.resource_id.as_ref().into()),
+                    name: event.resource_name.as_deref().map(Into::into),
+                    state: to.clone(),
+                    since: change.timestamp,
+                    state_at: change.timestamp,
+                    state_event: event.id,
+                    last_occurred: event.occurred,
+                    series,
+                    labels: run_labels(&mut self.strings, &event.related),
+                    transitions: Vec::new(),
+                    recent: VecDeque::new(),
+                };
+                record.count_transition(&from, &to);
+                record.remember(transition);
+                vacant.insert(record);
+            }
+            Entry::Occupied(mut occupied) => {
+                let record = occupied.get_mut();
+                if event.follows.is_some() && !follows_seen {
+                    counts.events.chain_gaps += 1;
+                }
+                record.count_transition(&from, &to);
+                record.remember(transition);
+                if event.occurred > record.last_occurred {
+                    record.last_occurred = event.occurred;
+                    if let Some(name) = event.resource_name.as_deref() {
+                        if record.name.as_deref() != Some(name) {
+                            record.name = Some(name.into());
+                        }
+                    }
+                    if has_labels(&event.related) {
+                        record.labels = run_labels(&mut self.strings, &event.related);
+                    }
+                }
+                if (change.timestamp, event.id) > (record.state_at, record.state_event) {
+                    let was_terminal = record.state.ty.is_terminal();
+                    if record.state != to {
+                        kc.add_current(&record.state, -1);
+                        kc.add_current(&to, 1);
+                        let seconds = (change.timestamp - record.since).max(0) as f64 / 1e6;
+                        kc.durations
+                            .entry(record.state.clone())
+                            .or_insert_with(|| Histogram::new(&DURATION_BUCKETS))
+                            .observe(seconds);
+                        record.since = change.timestamp;
+                    }
+                    kc.add_active(&record.state, record.series, -1);
+                    kc.add_active(&to, series, 1);
+                    record.state = to;
+                    record.series = series;
+                    record.state_at = change.timestamp;
+                    record.state_event = event.id;
+                    if record.state.ty.is_terminal() && !was_terminal {
+                        self.retention.push_back((record.last_occurred, kind, key));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops terminal runs with no event for the retention period before `now` (event time).
+    /// Their contribution to the totals stays.
+    pub fn retire(&mut self, counts: &mut Counts, now: Micros) {
+        let cutoff = now - self.config.terminal_retention;
+        while let Some(&(at, kind, key)) = self.retention.front() {
+            if at >= cutoff {
+                break;
+            }
+            self.retention.pop_front();
+            let table = &self.shared.tables[kind.index()];
+            let mut newer = None;
+            let removed = table.runs.remove_if(&key, |_, record| {
+                if !record.state.ty.is_terminal() {
+                    return false;
+                }
+                if record.last_occurred >= cutoff {
+                    newer = Some(record.last_occurred);
+                    return false;
+                }
+                true
+            });
+            if removed.is_some() {
+                counts.events.runs_retired += 1;
+            } else if let Some(last) = newer {
+                self.retention.push_back((last, kind, key));
+            }
+        }
+    }
+}
+
+fn has_labels(related: &RelatedNames<'_>) -> bool {
+    related.flow.is_some()
+        || related.deployment.is_some()
+        || related.work_pool.is_some()
+        || related.work_queue.is_some()
+        || !related.tags.is_empty()
+}
+
+fn run_labels(strings: &mut Interner, related: &RelatedNames<'_>) -> RunLabels {
+    let tags = related.tags.iter().map(|t| strings.share(t)).collect();
+    let mut share = |name: &Option<Cow<'_, str>>| name.as_deref().map(|n| strings.share(n));
+    RunLabels {
+        flow: share(&related.flow),
+        deployment: share(&related.deployment),
+        work_pool: share(&related.work_pool),
+        work_queue: share(&related.work_queue),
+        tags,
+    }
+}
