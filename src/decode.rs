@@ -20,6 +20,8 @@ use crate::timestamp::parse_rfc3339;
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
 
 /// What one line or frame turned out to be.
+// A transient return value on the stack: boxing the event would allocate once per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
     /// A valid event.

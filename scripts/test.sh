@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's whole test suite, as CI runs it (`.ci/run`) and as the README tells users:
+# format, lints, unit and integration tests (with a real Prometheus parser from a pinned
+# Python virtualenv), then the README's own run command as a smoke test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "Python test environment (pinned, cached under target/pyenv)"
+PREFECT_EXPORTER_TEST_PYTHON=$(bash scripts/python-env.sh)
+export PREFECT_EXPORTER_TEST_PYTHON
+
+step "cargo test"
+cargo test --all-targets
+
+step "README run command"
+bash scripts/smoke-readme.sh

@@ -1,0 +1,59 @@
+//! Bad configuration: exit code 2 and one line naming the flag.
+
+use crate::support::{replay_data, run_to_end};
+
+fn one_line_error(args: &[&str], flag: &str) {
+    let output = run_to_end(args);
+    assert_eq!(output.status.code(), Some(2), "{args:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(flag),
+        "{args:?} should name {flag}: {stderr}"
+    );
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line_naming_the_flag() {
+    let file = replay_data("synthetic-duplicates.jsonl");
+    let file = file.to_str().unwrap();
+    one_line_error(
+        &["replay", "--group-by", "deployment,colour", file],
+        "--group-by",
+    );
+    one_line_error(
+        &["replay", "--dedup-window", "soon", file],
+        "--dedup-window",
+    );
+    one_line_error(
+        &["replay", "--dedup-capacity", "0", file],
+        "--dedup-capacity",
+    );
+    one_line_error(&["replay", "--max-series", "many", file], "--max-series");
+    one_line_error(&["replay", "--output", "xml", file], "--output");
+    one_line_error(
+        &["run", "--listen", "not-an-address", "--replay", file],
+        "--listen",
+    );
+    one_line_error(&["run", "--replay", "/nonexistent.jsonl"], "--replay");
+    one_line_error(&["--no-such-flag"], "--no-such-flag");
+}
+
+#[test]
+fn environment_variables_set_flags() {
+    let file = replay_data("synthetic-duplicates.jsonl");
+    let output = crate::support::binary()
+        .args(["replay", file.to_str().unwrap()])
+        .env("PREFECT_EXPORTER_GROUP_BY", "colour")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--group-by"));
+}
+
+#[test]
+fn help_exits_0() {
+    let output = run_to_end(&["--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("replay"));
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the built binary driven through its public surface (flags, files,
+//! HTTP), with exact values from independent ground truth.
+
+mod flags;
+mod http_api;
+mod replay_files;
+mod support;

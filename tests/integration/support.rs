@@ -1,0 +1,245 @@
+//! Shared helpers: the binary, a running `run --replay` service, a minimal HTTP client, and
+//! the subset comparison used by expected files.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_prefect-events-exporter"))
+}
+
+/// `replay-data/` of this repository.
+pub fn replay_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("replay-data")
+        .join(name)
+}
+
+/// Runs the binary to completion with a deadline.
+pub fn run_to_end(args: &[&str]) -> Output {
+    let child = binary()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn binary");
+    wait_with_deadline(child, Duration::from_secs(60))
+}
+
+fn wait_with_deadline(mut child: Child, deadline: Duration) -> Output {
+    let started = Instant::now();
+    loop {
+        if child.try_wait().expect("poll child").is_some() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            panic!("process did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `replay` and parses its JSON output.
+pub fn replay_json(args: &[&str]) -> Value {
+    let mut full = vec!["replay"];
+    full.extend_from_slice(args);
+    let output = run_to_end(&full);
+    assert!(
+        output.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("replay prints JSON")
+}
+
+/// Asserts that every field of every section of `expected` equals the same field of
+/// `actual` (whole values: maps must match key for key). Sections or fields absent from
+/// `expected` are not compared.
+pub fn assert_matches_expected(actual: &Value, expected: &Value, what: &str) {
+    let expected = expected.as_object().expect("expected file is an object");
+    for (section, fields) in expected {
+        let fields = fields.as_object().expect("sections are objects");
+        for (field, value) in fields {
+            assert_eq!(
+                actual.get(section).and_then(|s| s.get(field)),
+                Some(value),
+                "{what}: {section}.{field}"
+            );
+        }
+    }
+}
+
+/// A `run --replay` process serving HTTP; killed on drop.
+pub struct Service {
+    child: Option<Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Log lines it printed (collected in the background).
+    pub logs: mpsc::Receiver<String>,
+}
+
+impl Service {
+    /// Starts `run --listen 127.0.0.1:0 --log-format json` plus `args`, and waits until it is
+    /// ready.
+    pub fn start(args: &[&str]) -> Service {
+        let mut child = binary()
+            .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn run");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut service = Service {
+            child: Some(child),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            logs: rx,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = service
+                .logs
+                .recv_timeout(remaining)
+                .expect("the service logs its listen address");
+            let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if let Some(listen) = parsed["fields"]["listen"].as_str() {
+                break listen.parse().expect("listen address");
+            }
+        };
+        service.addr = addr;
+        service.wait_ready();
+        service
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.get("/readyz").status == 200 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("service not ready within 30 s");
+    }
+
+    /// GET `path`.
+    pub fn get(&self, path: &str) -> Response {
+        http(self.addr, "GET", path, &[])
+    }
+
+    /// GET `path` with extra headers.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        http(self.addr, "GET", path, headers)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().expect("poll") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit within 15 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+}
+
+impl Response {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`.
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// The Python interpreter with `prometheus_client` (set by `scripts/test.sh`).
+pub fn python() -> String {
+    std::env::var("PREFECT_EXPORTER_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
