@@ -21,6 +21,7 @@ use crate::metrics::{wall_clock, Metrics};
 use crate::pipeline::Pipeline;
 use crate::report::CountsReport;
 use crate::source::replay::{Line, LineReader};
+use crate::state::Shared;
 use crate::status::Status;
 
 /// Frames applied per lock of the aggregates while loading files.
@@ -125,44 +126,85 @@ pub fn load_files(
     Ok(summary)
 }
 
-/// `run`: serve HTTP with events from `--replay` files until `shutdown`.
-pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppError> {
-    if args.replay.is_empty() {
-        return Err(AppError::Config {
-            flag: "--replay",
-            message: "this build serves recorded events only: pass --replay FILE (see README)"
-                .to_owned(),
-        });
-    }
-    check_readable("--replay", &args.replay)?;
-    let mut pipeline = Pipeline::new(args.engine.pipeline_config());
-    let shared = pipeline.shared();
-    let status = Arc::new(Status::new("loading replay files"));
-    let clock = wall_clock();
-    let metrics = Metrics::new(shared.clone(), status.clone(), clock.clone())?;
-    let state = Arc::new(AppState {
-        shared,
-        status: status.clone(),
-        metrics,
-        clock,
-    });
+/// The HTTP side of `run`: bound, serving until the shutdown token is cancelled.
+pub struct HttpService {
+    /// Where it listens.
+    pub local: std::net::SocketAddr,
+    handle: tokio::task::JoinHandle<io::Result<()>>,
+    addr: String,
+}
 
-    let addr = args.listen.to_string();
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| AppError::Http {
+impl HttpService {
+    /// Binds `listen` and serves `shared` and `status`.
+    pub async fn start(
+        listen: std::net::SocketAddr,
+        shared: Arc<Shared>,
+        status: Arc<Status>,
+        shutdown: CancellationToken,
+    ) -> Result<HttpService, AppError> {
+        let clock = wall_clock();
+        let metrics = Metrics::new(shared.clone(), status.clone(), clock.clone())?;
+        let state = Arc::new(AppState {
+            shared,
+            status,
+            metrics,
+            clock,
+        });
+        let addr = listen.to_string();
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| AppError::Http {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| AppError::Http {
             addr: addr.clone(),
             source,
         })?;
-    let local = listener.local_addr().map_err(|source| AppError::Http {
-        addr: addr.clone(),
-        source,
-    })?;
-    info!(listen = %local, "Serving HTTP.");
+        info!(listen = %local, "Serving HTTP.");
+        let handle = tokio::spawn(serve(listener, state, shutdown));
+        Ok(HttpService {
+            local,
+            handle,
+            addr,
+        })
+    }
+
+    /// Waits for the server to drain and stop.
+    pub async fn finish(self) -> Result<(), AppError> {
+        match self.handle.await {
+            Ok(result) => result.map_err(|source| AppError::Http {
+                addr: self.addr,
+                source,
+            }),
+            Err(e) => Err(AppError::Http {
+                addr: self.addr,
+                source: io::Error::other(e.to_string()),
+            }),
+        }
+    }
+}
+
+/// `run`: serve HTTP until `shutdown`, with events from `--replay` files or from the
+/// Prefect server.
+pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppError> {
+    if args.replay.is_empty() {
+        return crate::live::run(args, shutdown).await;
+    }
+    check_readable("--replay", &args.replay)?;
+    let mut pipeline = Pipeline::new(args.engine.pipeline_config());
+    let status = Arc::new(Status::new());
+    status.require("replay", "loading replay files");
+    let http = HttpService::start(
+        args.listen,
+        pipeline.shared(),
+        status.clone(),
+        shutdown.clone(),
+    )
+    .await?;
 
     let files = args.replay.clone();
     let loader_stop = shutdown.clone();
-    let loader_status = status.clone();
     let loader = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         match load_files(&mut pipeline, &files, Some(&loader_stop)) {
@@ -174,21 +216,20 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
                     seconds = started.elapsed().as_secs_f64(),
                     "Replay files loaded."
                 );
-                loader_status.set_ready();
+                status.satisfy("replay");
             }
             Err(e) => {
                 error!(error = %e, "Replay stopped.");
-                loader_status.set_not_ready(&format!("replay failed: {e}"));
+                status.require("replay", format!("replay failed: {e}"));
             }
         }
         pipeline
     });
 
-    let server = serve(listener, state, shutdown.clone());
-    let served = server.await;
-    // The pipeline holds the state until the loader ends; wait for it (it checks the token).
+    let served = http.finish().await;
+    // The loader checks the token between batches; give it a moment to stop.
     let _ = tokio::time::timeout(Duration::from_secs(5), loader).await;
-    served.map_err(|source| AppError::Http { addr, source })?;
+    served?;
     info!("Stopped.");
     Ok(())
 }
@@ -229,7 +270,7 @@ pub fn replay(args: &ReplayArgs) -> Result<(String, String), AppError> {
         elapsed: started.elapsed(),
     };
     let shared = pipeline.shared();
-    let status = Arc::new(Status::new("offline replay"));
+    let status = Arc::new(Status::new());
     let report = CountsReport::build(&shared, &status);
     let output = match args.output {
         OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::labels::GroupBy;
 use crate::pipeline::PipelineConfig;
+use crate::secret::{Credentials, Secret};
 use crate::state::StateConfig;
 
 /// Exact, real-time counts of Prefect flow-run and task-run states from Prefect's events
@@ -38,6 +39,62 @@ pub enum Command {
     Run(RunArgs),
     /// Process recorded files offline as fast as possible and print the final counts.
     Replay(ReplayArgs),
+    /// Subscribe like `run` and append every raw frame to a JSONL file (replay format).
+    Record(RecordArgs),
+}
+
+/// Where the Prefect server is and how to authenticate.
+#[derive(Clone, Debug, Args)]
+pub struct ServerArgs {
+    /// Prefect API URL: OSS `http://host:4200/api`, or Cloud
+    /// `https://api.prefect.cloud/api/accounts/{account}/workspaces/{workspace}`.
+    #[arg(long, env = "PREFECT_API_URL", default_value = "http://127.0.0.1:4200/api", value_parser = parse_api_url)]
+    pub prefect_api_url: String,
+
+    /// Prefect Cloud API key (sent as a Bearer token and as the websocket token). Never logged.
+    #[arg(
+        long,
+        env = "PREFECT_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "auth_string"
+    )]
+    pub api_key: Option<Secret>,
+
+    /// Prefect OSS auth string `user:pass` (HTTP Basic for REST, the raw string as the
+    /// websocket token). Never logged.
+    #[arg(long, env = "PREFECT_API_AUTH_STRING", hide_env_values = true)]
+    pub auth_string: Option<Secret>,
+}
+
+impl ServerArgs {
+    /// The credentials these flags give (empty values count as absent).
+    pub fn credentials(&self) -> Credentials {
+        match (&self.api_key, &self.auth_string) {
+            (Some(key), _) if !key.expose().is_empty() => Credentials::ApiKey(key.clone()),
+            (_, Some(auth)) if !auth.expose().is_empty() => Credentials::AuthString(auth.clone()),
+            _ => Credentials::None,
+        }
+    }
+}
+
+/// Options of `record`.
+#[derive(Clone, Debug, Args)]
+pub struct RecordArgs {
+    /// The JSONL file to append frames to (created if missing).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+
+    /// Also record task-run events.
+    #[arg(long, env = "PREFECT_EXPORTER_TASK_RUNS")]
+    pub task_runs: bool,
+
+    /// Log format.
+    #[arg(long, env = "PREFECT_EXPORTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// The server.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// How the counts are computed: shared by every command that ingests events.
@@ -113,6 +170,24 @@ pub struct RunArgs {
     #[arg(long, env = "PREFECT_EXPORTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// How often to re-count runs over REST and correct drift (`0` = never).
+    #[arg(long, env = "PREFECT_EXPORTER_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+
+    /// How often to compare closed windows of events with the server's stored events and
+    /// repair those that differ (`0` = never).
+    #[arg(long, env = "PREFECT_EXPORTER_VERIFY_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub verify_interval: Duration,
+
+    /// Skip the REST baseline at start: totals then cover only runs seen in the stream until
+    /// the first reconciliation.
+    #[arg(long, env = "PREFECT_EXPORTER_NO_BOOTSTRAP")]
+    pub no_bootstrap: bool,
+
+    /// The server (ignored with `--replay`).
+    #[command(flatten)]
+    pub server: ServerArgs,
+
     /// Counting options.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -178,6 +253,12 @@ fn parse_group_by(text: &str) -> Result<GroupByList, String> {
     Ok(GroupByList(dims))
 }
 
+/// Checks a Prefect API URL (http or https with a host) and drops a trailing `/`.
+fn parse_api_url(text: &str) -> Result<String, String> {
+    crate::source::ws::events_url(text)?;
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
 /// Parses a humantime duration (`5s`, `10m`, `1h 30m`); `0` is zero.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {
@@ -219,6 +300,25 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let cli = Cli::try_parse_from(["x", "--auth-string", "admin:hunter2"]).unwrap();
+        assert!(!format!("{cli:?}").contains("hunter2"));
+        let cli = Cli::try_parse_from(["x", "--api-key", "pnu_secret"]).unwrap();
+        assert!(!format!("{cli:?}").contains("pnu_secret"));
+        assert!(matches!(
+            cli.run.server.credentials(),
+            Credentials::ApiKey(_)
+        ));
+    }
+
+    #[test]
+    fn api_url_is_checked() {
+        assert!(Cli::try_parse_from(["x", "--prefect-api-url", "localhost:4200"]).is_err());
+        let cli = Cli::try_parse_from(["x", "--prefect-api-url", "http://h:4200/api/"]).unwrap();
+        assert_eq!(cli.run.server.prefect_api_url, "http://h:4200/api");
     }
 
     #[test]

@@ -27,8 +27,18 @@ fn main() -> ExitCode {
                 eprintln!("{summary}");
             })
         }
-        Some(Command::Run(args)) => run(args),
-        None => run(cli.run),
+        Some(Command::Run(args)) => {
+            init_logging(args.log_format);
+            block_on(|shutdown| app::run(args, shutdown))
+        }
+        Some(Command::Record(args)) => {
+            init_logging(args.log_format);
+            block_on(|shutdown| prefect_events_exporter::record::record(args, shutdown))
+        }
+        None => {
+            init_logging(cli.run.log_format);
+            block_on(|shutdown| app::run(cli.run, shutdown))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -39,19 +49,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: prefect_events_exporter::config::RunArgs) -> Result<(), AppError> {
-    init_logging(args.log_format);
+/// Runs an async command on a multi-threaded runtime with SIGINT/SIGTERM wired to its
+/// shutdown token.
+fn block_on<F, Fut>(command: F) -> Result<(), AppError>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), AppError>>,
+{
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|source| AppError::Http {
-            addr: args.listen.to_string(),
+            addr: "runtime".to_owned(),
             source,
         })?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        app::run(args, shutdown).await
+        command(shutdown).await
     })
 }
 

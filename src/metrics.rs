@@ -155,6 +155,12 @@ struct ExporterDefs {
     dedup_evicted: Def,
     retired: Def,
     folded: Def,
+    windows: Def,
+    repaired: Def,
+    corrections: Def,
+    drift: Def,
+    reconciliations: Def,
+    backfill_gaps: Def,
 }
 
 impl ExporterDefs {
@@ -239,10 +245,46 @@ impl ExporterDefs {
                 COUNTER,
                 &["what"],
             ),
+            windows: Def::new(
+                "prefect_exporter_verify_windows_total",
+                "Closed windows of events compared with the server's stored events, by result.",
+                COUNTER,
+                &["result"],
+            ),
+            repaired: Def::new(
+                "prefect_exporter_events_repaired_total",
+                "Events recovered by repair that the live stream had dropped.",
+                COUNTER,
+                &[],
+            ),
+            corrections: Def::new(
+                "prefect_exporter_reconcile_corrections_total",
+                "Runs moved by reconciliation with the server's REST counts, by state type.",
+                COUNTER,
+                &["state_type"],
+            ),
+            drift: Def::new(
+                "prefect_exporter_reconcile_last_drift",
+                "Server count minus exporter count at the last reconciliation, by state type.",
+                GAUGE,
+                &["state_type"],
+            ),
+            reconciliations: Def::new(
+                "prefect_exporter_reconciliations_total",
+                "Reconciliations applied (the first is the start-up baseline).",
+                COUNTER,
+                &[],
+            ),
+            backfill_gaps: Def::new(
+                "prefect_exporter_backfill_gaps_total",
+                "Stream outages longer than the server's 15-minute backfill.",
+                COUNTER,
+                &[],
+            ),
         }
     }
 
-    fn all(&self) -> [&Def; 13] {
+    fn all(&self) -> [&Def; 19] {
         [
             &self.received,
             &self.duplicates,
@@ -257,6 +299,12 @@ impl ExporterDefs {
             &self.dedup_evicted,
             &self.retired,
             &self.folded,
+            &self.windows,
+            &self.repaired,
+            &self.corrections,
+            &self.drift,
+            &self.reconciliations,
+            &self.backfill_gaps,
         ]
     }
 }
@@ -412,7 +460,7 @@ impl Collector for StateCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let (kinds, events, series_values, dims) = {
+        let (kinds, events, checks, series_values, dims) = {
             let counts = self.shared.counts.lock();
             let kinds: Vec<(RunKind, KindCounts)> = self
                 .shared
@@ -432,6 +480,7 @@ impl Collector for StateCollector {
             (
                 kinds,
                 counts.events.clone(),
+                counts.checks.clone(),
                 series_values,
                 counts.series.dims().len(),
             )
@@ -520,6 +569,49 @@ impl Collector for StateCollector {
                     counter(events.folded_label_sets as f64),
                 ),
             ],
+        ));
+        out.push(family(
+            &e.windows,
+            [
+                (
+                    vec!["match".to_owned()],
+                    counter(checks.windows_match as f64),
+                ),
+                (
+                    vec!["repaired".to_owned()],
+                    counter(checks.windows_repaired as f64),
+                ),
+                (
+                    vec!["failed".to_owned()],
+                    counter(checks.windows_failed as f64),
+                ),
+            ],
+        ));
+        out.push(family(
+            &e.repaired,
+            [(vec![], counter(checks.events_repaired as f64))],
+        ));
+        let by_type = |values: [f64; 9], ty: fn(f64) -> Value| {
+            StateType::ALL
+                .iter()
+                .map(move |t| (vec![t.as_str().to_owned()], ty(values[t.index()])))
+                .collect::<Vec<_>>()
+        };
+        out.push(family(
+            &e.corrections,
+            by_type(checks.corrections.map(|v| v as f64), counter),
+        ));
+        out.push(family(
+            &e.drift,
+            by_type(checks.last_drift.map(|v| v as f64), gauge),
+        ));
+        out.push(family(
+            &e.reconciliations,
+            [(vec![], counter(checks.reconciliations as f64))],
+        ));
+        out.push(family(
+            &e.backfill_gaps,
+            [(vec![], counter(checks.backfill_gaps as f64))],
         ));
         out
     }

@@ -41,6 +41,13 @@ pub enum Outcome {
     Rejected(RejectReason),
 }
 
+impl Outcome {
+    /// Whether the frame was an event seen for the first time.
+    pub fn is_new_event(self) -> bool {
+        matches!(self, Outcome::Applied | Outcome::Other)
+    }
+}
+
 /// The ingestion pipeline.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -97,6 +104,23 @@ impl Pipeline {
         }
     }
 
+    /// Turns on the verification ledger for event names with these prefixes.
+    pub fn enable_ledger(&mut self, prefixes: Vec<&'static str>) {
+        self.shared.counts.lock().ledger = Some(crate::ledger::Ledger::new(prefixes));
+    }
+
+    /// Starts tracking a run known from the REST baseline (no event seen yet), unless it is
+    /// tracked already. It does not change the totals: the baseline counts it.
+    pub fn seed_run(
+        &mut self,
+        kind: crate::event::RunKind,
+        run: &crate::prefect_api::RunSummary,
+        now: Micros,
+    ) {
+        let mut counts = self.shared.counts.lock();
+        self.tracker.seed(&mut counts, kind, run, now);
+    }
+
     /// Applies one frame in a batch of its own.
     pub fn ingest(&mut self, frame: &[u8]) -> Outcome {
         self.batch().ingest(frame)
@@ -126,12 +150,18 @@ impl Batch<'_> {
         };
         let tracked = self.tracker.tracked_kind(&event);
         match tracked {
-            Some(_) => counts.events.state += 1,
+            Some(_) => {
+                counts.events.state += 1;
+                counts.events.last_state_seen = Some(self.now);
+            }
             None => counts.events.other += 1,
         }
         if self.dedup.check_and_insert(event.id, event.occurred) == Seen::Duplicate {
             counts.events.duplicates += 1;
             return Outcome::Duplicate;
+        }
+        if let Some(ledger) = counts.ledger.as_mut() {
+            ledger.record(&event.name, event.occurred);
         }
         counts
             .events

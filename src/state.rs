@@ -25,6 +25,8 @@ use crate::event::{
 };
 use crate::histogram::Histogram;
 use crate::labels::{Interner, SeriesId, SeriesTable, StateNames};
+use crate::ledger::Ledger;
+use crate::prefect_api::RunSummary;
 use crate::timestamp::Micros;
 
 /// How many of a run's transitions its record keeps, newest last.
@@ -127,6 +129,51 @@ pub struct RunRecord {
     pub transitions: Vec<TransitionCount>,
     /// The last few transitions, oldest first.
     pub recent: VecDeque<RecentTransition>,
+    /// Where the run stood when the REST baseline was taken (see [`BaseAnchor`]).
+    pub base: BaseAnchor,
+}
+
+/// The state a run had at the time of the REST baseline, as far as its events tell.
+///
+/// With a baseline, the totals are `REST counts at time B` plus, for every tracked run,
+/// `+1` in its current state and `-1` in its state at B. The state at B is the `to` of its
+/// newest event at or before B, or else the `from` of its oldest event after B (`None`: the
+/// run did not exist at B). Both are kept up to date whatever order events arrive in, so the
+/// totals stay exact when a lost event is repaired later. Without a baseline (replay), the
+/// state at B is always `None`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseAnchor {
+    /// The baseline this anchor belongs to ([`Counts::baseline_epoch`]).
+    pub epoch: u64,
+    /// The timestamp of the event the anchor comes from.
+    pub at: Micros,
+    /// Whether that event is at or before the baseline time.
+    pub before: bool,
+    /// The run's state at the baseline time.
+    pub state: Option<StateKey>,
+}
+
+impl BaseAnchor {
+    /// Folds in one event with state timestamp `at`; `baseline` is the baseline time.
+    fn observe(&mut self, baseline: Micros, at: Micros, from: &Option<StateKey>, to: &StateKey) {
+        if at <= baseline {
+            if !self.before || at > self.at {
+                *self = BaseAnchor {
+                    epoch: self.epoch,
+                    at,
+                    before: true,
+                    state: Some(to.clone()),
+                };
+            }
+        } else if !self.before && at < self.at {
+            *self = BaseAnchor {
+                epoch: self.epoch,
+                at,
+                before: false,
+                state: from.clone(),
+            };
+        }
+    }
 }
 
 impl RunRecord {
@@ -233,6 +280,8 @@ pub struct EventCounts {
     pub chain_gaps: u64,
     /// Newest `occurred` applied.
     pub last_occurred: Option<Micros>,
+    /// Wall-clock time the last state event was decoded (quiescence checks).
+    pub last_state_seen: Option<Micros>,
     /// Wall-clock delay between `occurred` and applying, per event.
     pub delay: Histogram,
     /// Ids remembered by the dedup window.
@@ -257,6 +306,7 @@ impl Default for EventCounts {
             self_transitions: 0,
             chain_gaps: 0,
             last_occurred: None,
+            last_state_seen: None,
             delay: Histogram::new(&DELAY_BUCKETS),
             dedup_ids: 0,
             dedup_evicted: 0,
@@ -283,6 +333,62 @@ pub struct Counts {
     pub events: EventCounts,
     /// Group-by label sets.
     pub series: SeriesTable,
+    /// Time of the last REST baseline (or reconciliation); `None` in replay mode.
+    pub baseline: Option<Micros>,
+    /// Incremented at every baseline; run anchors of an older epoch are rebased lazily.
+    pub baseline_epoch: u64,
+    /// Distinct events held per second, for verification (live mode only).
+    pub ledger: Option<Ledger>,
+    /// Verification and reconciliation counters.
+    pub checks: CheckCounts,
+}
+
+/// Counters of verification, repair and reconciliation.
+#[derive(Clone, Debug, Default)]
+pub struct CheckCounts {
+    /// Verified windows by result: match, repaired, failed.
+    pub windows_match: u64,
+    /// Windows whose events were re-fetched and then matched.
+    pub windows_repaired: u64,
+    /// Windows that could not be made to match (or whose check failed).
+    pub windows_failed: u64,
+    /// Events recovered by repair that the live stream had dropped.
+    pub events_repaired: u64,
+    /// Runs moved by reconciliation, by state type index.
+    pub corrections: [u64; 9],
+    /// Signed drift (server minus exporter) of the last reconciliation, by state type index.
+    pub last_drift: [i64; 9],
+    /// Reconciliations applied.
+    pub reconciliations: u64,
+    /// Outages longer than the server's backfill horizon.
+    pub backfill_gaps: u64,
+}
+
+impl Counts {
+    /// Replaces the totals of `kind` with the server's counts, taken while no state event was
+    /// in flight (quiescence), and returns the drift (runs moved). Call
+    /// [`Counts::set_baseline`] afterwards: every tracked run's state at the new baseline is
+    /// its current state, and anchors are rebased lazily when a run is next touched.
+    pub fn rebase(&mut self, kind: RunKind, totals: HashMap<StateKey, i64>) -> [i64; 9] {
+        let current = &mut self.kinds[kind.index()].current;
+        let mut drift = [0i64; 9];
+        for (key, value) in &totals {
+            drift[key.ty.index()] += value - current.get(key).copied().unwrap_or(0);
+        }
+        for (key, value) in current.iter() {
+            if !totals.contains_key(key) {
+                drift[key.ty.index()] -= value;
+            }
+        }
+        *current = totals;
+        drift
+    }
+
+    /// Starts a new baseline epoch at `at` (after [`Counts::rebase`] of every tracked kind).
+    pub fn set_baseline(&mut self, at: Micros) {
+        self.baseline = Some(at);
+        self.baseline_epoch += 1;
+    }
 }
 
 /// State shared between the pipeline and its readers.
@@ -327,6 +433,10 @@ impl Tracker {
             kinds: Default::default(),
             events: EventCounts::default(),
             series: SeriesTable::new(config.group_by.clone(), config.max_series),
+            baseline: None,
+            baseline_epoch: 0,
+            ledger: None,
+            checks: CheckCounts::default(),
         };
         let shared = Arc::new(Shared {
             tables: Default::default(),
@@ -389,10 +499,29 @@ impl Tracker {
             at: change.timestamp,
             event: event.id,
         };
+        let baseline = counts.baseline;
+        let epoch = counts.baseline_epoch;
         let table = &self.shared.tables[kind.index()];
         match table.runs.entry(key) {
             Entry::Vacant(vacant) => {
+                let mut base = BaseAnchor {
+                    epoch,
+                    at: change.timestamp,
+                    before: false,
+                    state: None,
+                };
+                if let Some(b) = baseline {
+                    base.before = change.timestamp <= b;
+                    base.state = if base.before {
+                        Some(to.clone())
+                    } else {
+                        from.clone()
+                    };
+                }
                 kc.add_current(&to, 1);
+                if let Some(state) = &base.state {
+                    kc.add_current(state, -1);
+                }
                 kc.add_active(&to, series, 1);
                 if to.ty.is_terminal() {
                     self.retention.push_back((event.occurred, kind, key));
@@ -409,6 +538,7 @@ impl Tracker {
                     labels: run_labels(&mut self.strings, &event.related),
                     transitions: Vec::new(),
                     recent: VecDeque::new(),
+                    base,
                 };
                 record.count_transition(&from, &to);
                 record.remember(transition);
@@ -430,6 +560,26 @@ impl Tracker {
                     }
                     if has_labels(&event.related) {
                         record.labels = run_labels(&mut self.strings, &event.related);
+                    }
+                }
+                if let Some(b) = baseline {
+                    if record.base.epoch != epoch {
+                        record.base = BaseAnchor {
+                            epoch,
+                            at: record.state_at,
+                            before: true,
+                            state: Some(record.state.clone()),
+                        };
+                    }
+                    let old = record.base.state.clone();
+                    record.base.observe(b, change.timestamp, &from, &to);
+                    if record.base.state != old {
+                        if let Some(state) = &old {
+                            kc.add_current(state, 1);
+                        }
+                        if let Some(state) = &record.base.state {
+                            kc.add_current(state, -1);
+                        }
                     }
                 }
                 if (change.timestamp, event.id) > (record.state_at, record.state_event) {
@@ -456,6 +606,44 @@ impl Tracker {
                 }
             }
         }
+    }
+
+    /// Tracks a run known only from the REST baseline, in its current state, without
+    /// changing the totals (the baseline already counts it).
+    pub fn seed(&mut self, counts: &mut Counts, kind: RunKind, run: &RunSummary, now: Micros) {
+        let (key, canonical) = run_key(kind, &format!("{}{}", kind.resource_prefix(), run.id));
+        let table = &self.shared.tables[kind.index()];
+        let Entry::Vacant(vacant) = table.runs.entry(key) else {
+            return;
+        };
+        let state = self.names.key(run.state_type, &run.state_name);
+        let at = run.state_timestamp.unwrap_or(now);
+        let related = RelatedNames {
+            work_pool: run.work_pool.as_deref().map(Cow::Borrowed),
+            work_queue: run.work_queue.as_deref().map(Cow::Borrowed),
+            ..RelatedNames::default()
+        };
+        let series = counts.series.id_for(&related);
+        counts.kinds[kind.index()].add_active(&state, series, 1);
+        vacant.insert(RunRecord {
+            odd_id: (!canonical).then(|| format!("{}{}", kind.resource_prefix(), run.id).into()),
+            name: run.name.as_deref().map(Into::into),
+            state: state.clone(),
+            since: at,
+            state_at: at,
+            state_event: EventId(0),
+            last_occurred: at,
+            series,
+            labels: run_labels(&mut self.strings, &related),
+            transitions: Vec::new(),
+            recent: VecDeque::new(),
+            base: BaseAnchor {
+                epoch: counts.baseline_epoch,
+                at,
+                before: true,
+                state: Some(state),
+            },
+        });
     }
 
     /// Drops terminal runs with no event for the retention period before `now` (event time).

@@ -1,5 +1,8 @@
-//! The service's own condition: readiness and the stream's connection, shared by the source
-//! that changes them and the HTTP server that reports them.
+//! The service's own condition: readiness and the stream's connection, shared by the tasks
+//! that change them and the HTTP server that reports them.
+//!
+//! Readiness is a set of named conditions (`baseline`, `stream`, `replay`); the service is
+//! ready when none is unmet, and `/readyz` reports the first unmet one's reason.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,42 +10,34 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 
 /// Readiness and stream condition.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Status {
-    ready: AtomicBool,
-    not_ready_reason: Mutex<String>,
+    unmet: Mutex<BTreeMap<&'static str, String>>,
     connected: AtomicBool,
     reconnects: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Status {
-    /// Not ready yet, for `reason`.
-    pub fn new(reason: &str) -> Status {
-        Status {
-            ready: AtomicBool::new(false),
-            not_ready_reason: Mutex::new(reason.to_owned()),
-            connected: AtomicBool::new(false),
-            reconnects: Mutex::new(BTreeMap::new()),
-        }
+    /// Ready, with no condition unmet yet.
+    pub fn new() -> Status {
+        Status::default()
     }
 
-    /// Marks the service ready.
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+    /// Marks `condition` unmet, for `reason`.
+    pub fn require(&self, condition: &'static str, reason: impl Into<String>) {
+        self.unmet.lock().insert(condition, reason.into());
     }
 
-    /// Marks the service not ready, for `reason`.
-    pub fn set_not_ready(&self, reason: &str) {
-        *self.not_ready_reason.lock() = reason.to_owned();
-        self.ready.store(false, Ordering::Release);
+    /// Marks `condition` met.
+    pub fn satisfy(&self, condition: &'static str) {
+        self.unmet.lock().remove(condition);
     }
 
     /// `Ok(())` when ready, else the reason.
     pub fn readiness(&self) -> Result<(), String> {
-        if self.ready.load(Ordering::Acquire) {
-            Ok(())
-        } else {
-            Err(self.not_ready_reason.lock().clone())
+        match self.unmet.lock().values().next() {
+            None => Ok(()),
+            Some(reason) => Err(reason.clone()),
         }
     }
 
@@ -69,5 +64,23 @@ impl Status {
     /// Counts one reconnection for `reason`.
     pub fn count_reconnect(&self, reason: &str) {
         *self.reconnects.lock().entry(reason.to_owned()).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_when_every_condition_is_met() {
+        let status = Status::new();
+        assert_eq!(status.readiness(), Ok(()));
+        status.require("stream", "connecting");
+        status.require("baseline", "taking the baseline");
+        assert_eq!(status.readiness(), Err("taking the baseline".to_owned()));
+        status.satisfy("baseline");
+        assert_eq!(status.readiness(), Err("connecting".to_owned()));
+        status.satisfy("stream");
+        assert_eq!(status.readiness(), Ok(()));
     }
 }

@@ -3,3 +3,4 @@
 //! Redis Streams reader are further files beside it, feeding the same pipeline.
 
 pub mod replay;
+pub mod ws;

@@ -1,0 +1,195 @@
+//! Verify and repair: the exporter checks itself against the events the server stored.
+//!
+//! Every interval, the closed window of `occurred` since the last one (older than `settle`)
+//! is compared, event name by event name, with `POST /events/count-by/event`. A window that
+//! differs is re-fetched from `/events/filter` and fed through the normal pipeline (dedup
+//! discards what was already there). Each window is checked once more after
+//! `second_pass_after`, for late client-side events. In the healthy case this costs one small
+//! query per interval.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::prefect_api::PrefectApi;
+use crate::state::Shared;
+use crate::timestamp::{format_rfc3339, now_micros, Micros, SECOND};
+
+/// Events re-fetched for a window, to be applied by the pipeline, which answers with how
+/// many of them were new.
+pub struct RepairBatch {
+    /// Raw event JSON.
+    pub events: Vec<Vec<u8>>,
+    /// Receives the number of events that were not seen before.
+    pub done: oneshot::Sender<u64>,
+}
+
+/// Outcome of checking one window.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WindowResult {
+    /// Held events equal stored events.
+    Match,
+    /// Equal after re-fetching; this many events were new.
+    Repaired(u64),
+    /// Still different, or the check itself failed.
+    Failed,
+}
+
+/// Settings of verification.
+#[derive(Clone, Debug)]
+pub struct VerifyConfig {
+    /// How often to check.
+    pub interval: Duration,
+    /// How old a window must be before it is checked.
+    pub settle: Micros,
+    /// When each window is checked again.
+    pub second_pass_after: Duration,
+}
+
+/// Checks windows and asks the pipeline to apply repairs.
+pub struct Verifier {
+    api: PrefectApi,
+    shared: Arc<Shared>,
+    repairs: mpsc::Sender<RepairBatch>,
+    config: VerifyConfig,
+}
+
+fn without_zeros(mut counts: HashMap<String, u64>) -> HashMap<String, u64> {
+    counts.retain(|_, n| *n > 0);
+    counts
+}
+
+impl Verifier {
+    /// A verifier sending repairs to `repairs`.
+    pub fn new(
+        api: PrefectApi,
+        shared: Arc<Shared>,
+        repairs: mpsc::Sender<RepairBatch>,
+        config: VerifyConfig,
+    ) -> Verifier {
+        Verifier {
+            api,
+            shared,
+            repairs,
+            config,
+        }
+    }
+
+    fn held(&self, from: Micros, to: Micros) -> (HashMap<String, u64>, Vec<&'static str>) {
+        let counts = self.shared.counts.lock();
+        match counts.ledger.as_ref() {
+            Some(ledger) => (
+                without_zeros(ledger.window(from, to)),
+                ledger.prefixes().to_vec(),
+            ),
+            None => (HashMap::new(), Vec::new()),
+        }
+    }
+
+    /// Checks `[from, to)` (whole seconds) and repairs it if needed.
+    pub async fn check(&self, from: Micros, to: Micros) -> WindowResult {
+        let (held, prefixes) = self.held(from, to);
+        let stored = match self.api.count_events_by_name(from, to - 1, &prefixes).await {
+            Ok(stored) => without_zeros(stored),
+            Err(e) => {
+                warn!(error = %e, "Could not count stored events for verification.");
+                return WindowResult::Failed;
+            }
+        };
+        if stored == held {
+            return WindowResult::Match;
+        }
+        let missing: u64 = stored
+            .iter()
+            .map(|(k, n)| n.saturating_sub(held.get(k).copied().unwrap_or(0)))
+            .sum();
+        info!(from = %format_rfc3339(from), to = %format_rfc3339(to), missing, "Events missing from a window; re-fetching it.");
+        let mut events = Vec::new();
+        if let Err(e) = self
+            .api
+            .fetch_events(from, to - 1, &prefixes, |e| events.push(e))
+            .await
+        {
+            warn!(error = %e, "Could not re-fetch a window's events.");
+            return WindowResult::Failed;
+        }
+        let (done, answer) = oneshot::channel();
+        if self
+            .repairs
+            .send(RepairBatch { events, done })
+            .await
+            .is_err()
+        {
+            return WindowResult::Failed;
+        }
+        let new = answer.await.unwrap_or(0);
+        let (held, _) = self.held(from, to);
+        if held == stored {
+            WindowResult::Repaired(new)
+        } else {
+            warn!(from = %format_rfc3339(from), to = %format_rfc3339(to), repaired = new, "A window still differs from the server after repair.");
+            WindowResult::Failed
+        }
+    }
+
+    fn record(&self, result: &WindowResult) {
+        let mut counts = self.shared.counts.lock();
+        let checks = &mut counts.checks;
+        match result {
+            WindowResult::Match => checks.windows_match += 1,
+            WindowResult::Repaired(n) => {
+                checks.windows_repaired += 1;
+                checks.events_repaired += n;
+            }
+            WindowResult::Failed => checks.windows_failed += 1,
+        }
+    }
+
+    /// Verifies windows from `start` on, every interval, until `shutdown`; notifies
+    /// `repaired` after a repair so the totals are reconciled promptly.
+    pub async fn run(&self, start: Micros, repaired: Arc<Notify>, shutdown: CancellationToken) {
+        let mut next_from = start.div_euclid(SECOND) * SECOND;
+        let mut second_pass: VecDeque<(Instant, Micros, Micros)> = VecDeque::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.config.interval) => {}
+            }
+            let to = (now_micros() - self.config.settle).div_euclid(SECOND) * SECOND;
+            let mut any_repair = false;
+            if to > next_from {
+                let result = self.check(next_from, to).await;
+                any_repair |= matches!(result, WindowResult::Repaired(n) if n > 0);
+                self.record(&result);
+                second_pass.push_back((
+                    Instant::now() + self.config.second_pass_after,
+                    next_from,
+                    to,
+                ));
+                next_from = to;
+            }
+            while second_pass
+                .front()
+                .is_some_and(|(due, _, _)| *due <= Instant::now())
+            {
+                let Some((_, from, to)) = second_pass.pop_front() else {
+                    break;
+                };
+                let result = self.check(from, to).await;
+                any_repair |= matches!(result, WindowResult::Repaired(n) if n > 0);
+                self.record(&result);
+                if let Some(ledger) = self.shared.counts.lock().ledger.as_mut() {
+                    ledger.prune(to);
+                }
+            }
+            if any_repair {
+                repaired.notify_one();
+            }
+        }
+    }
+}
