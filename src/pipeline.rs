@@ -239,3 +239,140 @@ impl RateLimit {
         Some(std::mem::take(&mut self.suppressed))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::{RunKind, StateKey, StateType};
+    use crate::timestamp::SECOND;
+
+    fn pipeline() -> Pipeline {
+        Pipeline::new(PipelineConfig {
+            state: StateConfig {
+                track_task_runs: false,
+                terminal_retention: 3600 * SECOND,
+                max_series: 100,
+                group_by: vec![],
+            },
+            dedup_window: 1800 * SECOND,
+            dedup_capacity: 1000,
+        })
+    }
+
+    fn ts(second: u32) -> String {
+        format!("2026-11-25T01:00:{second:02}Z")
+    }
+
+    fn key(ty: StateType) -> StateKey {
+        StateKey { ty, name: Arc::from(ty.default_name()) }
+    }
+
+    /// A state event of run `run` at second `at` (of 01:00), `from` -> `to`.
+    fn frame(id: u32, run: u32, at: u32, from: Option<StateType>, to: StateType) -> Vec<u8> {
+        let from = match from {
+            Some(f) => format!(r#"{{"type":"{}","name":"{}"}}"#, f.as_str(), f.default_name()),
+            None => "null".to_owned(),
+        };
+        format!(
+            r#"{{"id":"00000000-0000-7000-8000-{id:012}","event":"prefect.flow-run.{name}","occurred":"{t}","resource":{{"prefect.resource.id":"prefect.flow-run.00000000-0000-4000-8000-{run:012}","prefect.state-type":"{ty}","prefect.state-name":"{name}"}},"payload":{{"initial_state":{from},"validated_state":{{"type":"{ty}","name":"{name}"}}}}}}"#,
+            name = to.default_name(),
+            t = ts(at),
+            ty = to.as_str(),
+        )
+        .into_bytes()
+    }
+
+    fn with_baseline(p: &Pipeline, at_second: u32, totals: &[(StateType, i64)]) {
+        let shared = p.shared();
+        let mut counts = shared.counts.lock();
+        counts.rebase(RunKind::FlowRun, totals.iter().map(|(t, n)| (key(*t), *n)).collect());
+        counts.set_baseline(crate::timestamp::parse_rfc3339(&ts(at_second)).unwrap());
+    }
+
+    fn totals(p: &Pipeline) -> HashMap<StateType, i64> {
+        let shared = p.shared();
+        let counts = shared.counts.lock();
+        let mut out = HashMap::new();
+        for (k, v) in &counts.kinds[RunKind::FlowRun.index()].current {
+            if *v != 0 {
+                *out.entry(k.ty).or_default() += v;
+            }
+        }
+        out
+    }
+
+    use StateType::{Completed, Pending, Running};
+
+    #[test]
+    fn a_repaired_creation_event_leaves_totals_exact() {
+        let mut p = pipeline();
+        with_baseline(&p, 10, &[]);
+        p.ingest(&frame(3, 1, 30, Some(Running), Completed));
+        assert_eq!(totals(&p), HashMap::from([(Completed, 1), (Running, -1)]), "assumed to exist at the baseline");
+        p.ingest(&frame(1, 1, 20, None, Pending));
+        assert_eq!(totals(&p), HashMap::from([(Completed, 1)]), "created after the baseline after all");
+        p.ingest(&frame(2, 1, 25, Some(Pending), Running));
+        assert_eq!(totals(&p), HashMap::from([(Completed, 1)]));
+    }
+
+    #[test]
+    fn a_run_counted_by_the_baseline_moves_out_of_its_baseline_state() {
+        let mut p = pipeline();
+        with_baseline(&p, 10, &[(Running, 1)]);
+        p.ingest(&frame(1, 1, 20, Some(Running), Completed));
+        assert_eq!(totals(&p), HashMap::from([(Completed, 1)]));
+    }
+
+    #[test]
+    fn backfilled_events_from_before_the_baseline_change_nothing() {
+        let mut p = pipeline();
+        with_baseline(&p, 40, &[(Completed, 1)]);
+        for f in [frame(3, 1, 30, Some(Running), Completed), frame(1, 1, 10, None, Pending), frame(2, 1, 20, Some(Pending), Running)] {
+            p.ingest(&f);
+        }
+        assert_eq!(totals(&p), HashMap::from([(Completed, 1)]));
+    }
+
+    #[test]
+    fn events_straddling_the_baseline_count_once() {
+        let mut p = pipeline();
+        // At the baseline (second 25) the run was RUNNING.
+        with_baseline(&p, 25, &[(Running, 1)]);
+        for f in [frame(3, 1, 30, Some(Running), Completed), frame(2, 1, 20, Some(Pending), Running), frame(1, 1, 10, None, Pending)] {
+            p.ingest(&f);
+        }
+        assert_eq!(totals(&p), HashMap::from([(Completed, 1)]));
+    }
+
+    #[test]
+    fn a_new_baseline_rebases_tracked_runs() {
+        let mut p = pipeline();
+        with_baseline(&p, 5, &[]);
+        p.ingest(&frame(1, 1, 10, None, Pending));
+        p.ingest(&frame(2, 1, 20, Some(Pending), Running));
+        assert_eq!(totals(&p), HashMap::from([(Running, 1)]));
+        // The server says the same at second 25; then the run completes.
+        with_baseline(&p, 25, &[(Running, 1)]);
+        p.ingest(&frame(3, 1, 30, Some(Running), Completed));
+        assert_eq!(totals(&p), HashMap::from([(Completed, 1)]));
+    }
+
+    #[test]
+    fn without_a_baseline_unknown_runs_only_add() {
+        let mut p = pipeline();
+        p.ingest(&frame(2, 1, 20, Some(Pending), Running));
+        assert_eq!(totals(&p), HashMap::from([(Running, 1)]));
+    }
+
+    #[test]
+    fn outcomes() {
+        let mut p = pipeline();
+        assert_eq!(p.ingest(&frame(1, 1, 10, None, Pending)), Outcome::Applied);
+        assert_eq!(p.ingest(&frame(1, 1, 10, None, Pending)), Outcome::Duplicate);
+        assert_eq!(p.ingest(b"{\"type\":\"auth_success\"}"), Outcome::Skipped);
+        assert_eq!(p.ingest(b"nope"), Outcome::Rejected(RejectReason::MalformedJson));
+    }
+}
