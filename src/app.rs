@@ -16,7 +16,7 @@ use tracing::{error, info};
 use crate::config::{OutputFormat, ReplayArgs, RunArgs};
 use crate::decode::RejectReason;
 use crate::exposition::{encode, Format};
-use crate::http::{serve, AppState};
+use crate::http::{serve_api, AppState};
 use crate::metrics::{wall_clock, Metrics};
 use crate::pipeline::Pipeline;
 use crate::report::CountsReport;
@@ -162,7 +162,7 @@ impl HttpService {
             source,
         })?;
         info!(listen = %local, "Serving HTTP.");
-        let handle = tokio::spawn(serve(listener, state, shutdown));
+        let handle = tokio::spawn(serve_api(listener, state, shutdown));
         Ok(HttpService {
             local,
             handle,

@@ -41,6 +41,114 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Subscribe like `run` and append every raw frame to a JSONL file (replay format).
     Record(RecordArgs),
+    /// Act as a Prefect events server (websocket and REST) playing recorded files, with
+    /// optional fault injection: for testing event consumers without Prefect.
+    ServeReplay(ServeReplayArgs),
+}
+
+/// Options of `serve-replay`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeReplayArgs {
+    /// Recorded JSONL files, played in order as one timeline.
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
+
+    /// Address to listen on; clients use `PREFECT_API_URL=http://ADDR/api`.
+    #[arg(long)]
+    pub listen: SocketAddr,
+
+    /// Release events at this many per second, or `max` for all at once (default: the
+    /// recorded pace, times `--speed`).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<Rate>,
+
+    /// Play the recorded pace this many times faster.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_positive)]
+    pub speed: f64,
+
+    /// Keep the recorded timestamps instead of moving the first event to the server's start.
+    #[arg(long)]
+    pub keep_timestamps: bool,
+
+    /// Play the file again, with fresh ids, after it ends (soak tests).
+    #[arg(long = "loop")]
+    pub r#loop: bool,
+
+    /// Require this auth string (`user:pass`) like `PREFECT_SERVER_API_AUTH_STRING`.
+    #[arg(long, env = "PREFECT_SERVER_API_AUTH_STRING", hide_env_values = true)]
+    pub auth_string: Option<Secret>,
+
+    /// Fault: drop each websocket connection abruptly after this many events.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub disconnect_every: Option<u64>,
+
+    /// Fault: with `--disconnect-every`, send this close code instead of dropping the TCP
+    /// connection.
+    #[arg(long, requires = "disconnect_every", value_parser = clap::value_parser!(u16).range(1000..5000))]
+    pub close_code: Option<u16>,
+
+    /// Fault: after each event, resend a random earlier one with this probability.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    pub duplicate_rate: f64,
+
+    /// Fault: drop each live event silently with this probability, as the real server does
+    /// under bursts (backfill and REST still have it).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    pub drop_live_rate: f64,
+
+    /// Fault: shuffle live events within windows of this many.
+    #[arg(long, default_value_t = 0)]
+    pub reorder_window: usize,
+
+    /// Fault: stop reading and writing for this many milliseconds after every 500 events.
+    #[arg(long, default_value_t = 0)]
+    pub stall_ms: u64,
+
+    /// Log format.
+    #[arg(long, env = "PREFECT_EXPORTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--rate`: events per second or all at once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Rate {
+    /// Events per second.
+    PerSecond(f64),
+    /// All at once.
+    Max,
+}
+
+impl ServeReplayArgs {
+    /// The release pace these flags describe.
+    pub fn pace(&self) -> crate::fake_server::timeline::Pace {
+        use crate::fake_server::timeline::Pace;
+        match self.rate {
+            Some(Rate::Max) => Pace::Max,
+            Some(Rate::PerSecond(n)) => Pace::Rate(n),
+            None => Pace::Recorded(self.speed),
+        }
+    }
+}
+
+fn parse_rate(text: &str) -> Result<Rate, String> {
+    if text == "max" {
+        return Ok(Rate::Max);
+    }
+    parse_positive(text).map(Rate::PerSecond).map_err(|_| "a positive number of events per second, or max".to_owned())
+}
+
+fn parse_positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err("must be a positive number".to_owned()),
+    }
+}
+
+fn parse_probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err("must be a probability from 0 to 1".to_owned()),
+    }
 }
 
 /// Where the Prefect server is and how to authenticate.

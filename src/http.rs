@@ -4,6 +4,7 @@
 //! lock), so a scrape never stalls ingestion. Every JSON error is `{"error": "..."}`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,13 +46,23 @@ pub struct AppState {
     pub clock: Clock,
 }
 
-/// Serves HTTP on `listener` until `shutdown` is cancelled, then drains open connections
-/// (with a deadline) and returns.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
+/// Serves the exporter's API on `listener` until `shutdown`.
+pub async fn serve_api(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) -> io::Result<()> {
+    serve(listener, move |req| {
+        let state = state.clone();
+        async move { route(&state, req) }
+    }, shutdown)
+    .await
+}
+
+/// Serves HTTP/1.1 (with upgrades) on `listener` with `handler` until `shutdown` is
+/// cancelled, then drains open connections (with a deadline) and returns. Request headers
+/// must arrive within [`HEADER_READ_TIMEOUT`].
+pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: CancellationToken) -> io::Result<()>
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = HttpResponse> + Send + 'static,
+{
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -65,17 +76,18 @@ pub async fn serve(
                 }
             },
         };
-        let state = state.clone();
+        let handler = handler.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req)) }
+                let response = handler(req);
+                async move { Ok::<_, Infallible>(response.await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
@@ -90,20 +102,15 @@ pub async fn serve(
         });
     }
     connections.close();
-    if tokio::time::timeout(DRAIN_DEADLINE, connections.wait())
-        .await
-        .is_err()
-    {
-        warn!(
-            open = connections.len(),
-            "HTTP connections still open at the drain deadline; closing them."
-        );
+    if tokio::time::timeout(DRAIN_DEADLINE, connections.wait()).await.is_err() {
+        warn!(open = connections.len(), "HTTP connections still open at the drain deadline; closing them.");
     }
     info!("HTTP server stopped.");
     Ok(())
 }
 
-type HttpResponse = Response<Full<Bytes>>;
+/// A response with a complete body.
+pub type HttpResponse = Response<Full<Bytes>>;
 
 fn route(state: &AppState, req: Request<Incoming>) -> HttpResponse {
     let path = req.uri().path();
@@ -175,7 +182,8 @@ fn route(state: &AppState, req: Request<Incoming>) -> HttpResponse {
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: String) -> HttpResponse {
+/// A response with a body and content type.
+pub fn respond(status: StatusCode, content_type: &'static str, body: String) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
@@ -184,7 +192,8 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Http
     response
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
+/// A JSON response.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
     match serde_json::to_string(value) {
         Ok(body) => respond(status, "application/json", body),
         Err(e) => error(
@@ -194,7 +203,8 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
     }
 }
 
-fn error(status: StatusCode, message: &str) -> HttpResponse {
+/// A JSON error response: `{"error": message}`.
+pub fn error(status: StatusCode, message: &str) -> HttpResponse {
     let body = serde_json::json!({ "error": message }).to_string();
     respond(status, "application/json", body)
 }

@@ -28,6 +28,7 @@ pub mod decode;
 pub mod dedup;
 pub mod event;
 pub mod exposition;
+pub mod fake_server;
 pub mod histogram;
 pub mod http;
 pub mod labels;

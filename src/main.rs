@@ -35,6 +35,10 @@ fn main() -> ExitCode {
             init_logging(args.log_format);
             block_on(|shutdown| prefect_events_exporter::record::record(args, shutdown))
         }
+        Some(Command::ServeReplay(args)) => {
+            init_logging(args.log_format);
+            block_on(|shutdown| prefect_events_exporter::fake_server::run(args, shutdown))
+        }
         None => {
             init_logging(cli.run.log_format);
             block_on(|shutdown| app::run(cli.run, shutdown))

@@ -174,8 +174,19 @@ def wait_for_go(ready_file: str, go_file: str, timeout: float = 120.0) -> None:
 
 
 def cmd_burst(args: argparse.Namespace) -> int:
+    # The flow run is created before the barrier, not by calling the flow after it: Prefect
+    # 3.9.1's `POST /flow_runs/` uses a DEFERRED SQLite transaction that fails at once with
+    # "database is locked" (503) while other flows' task events are being written, and the
+    # client's exponential back-off then delays late starters by minutes. State changes use
+    # BEGIN IMMEDIATE and simply wait for the lock.
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    parameters = {"tasks": args.tasks}
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(burst_flow, parameters=parameters)
     wait_for_go(args.ready_file, args.go_file)
-    state = burst_flow(args.tasks, return_state=True)
+    state = run_flow(burst_flow, flow_run=flow_run, parameters=parameters, return_type="state")
     print(f"WORKLOAD burst {state.type.value} {state.name}", flush=True)
     return 0 if state.type.value == "COMPLETED" else 3
 

@@ -1,0 +1,153 @@
+//! `serve-replay`: a Prefect events server made of a recorded file, for testing any Prefect
+//! events consumer without Prefect. The websocket speaks Prefect's exact handshake
+//! ([`ws`]), the REST endpoints answer from the events released so far ([`rest`]), the file
+//! plays as a timeline ([`timeline`]), and faults can be injected on purpose.
+
+pub mod filter;
+pub mod rest;
+pub mod timeline;
+pub mod ws;
+
+use std::sync::Arc;
+
+use base64::Engine;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use hyper::{Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::app::AppError;
+use crate::config::ServeReplayArgs;
+use crate::http::{error, serve, HttpResponse};
+use timeline::{PlayConfig, Store};
+use ws::{Faults, WsServerConfig};
+
+/// Largest REST request body accepted.
+const MAX_BODY: usize = 1024 * 1024;
+
+struct FakeServer {
+    store: Arc<Store>,
+    ws: WsServerConfig,
+    basic: Option<String>,
+    base_url: String,
+    shutdown: CancellationToken,
+}
+
+fn offers_prefect(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == "prefect")
+}
+
+fn empty(status: StatusCode) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+fn upgrade(server: &Arc<FakeServer>, req: Request<Incoming>) -> HttpResponse {
+    let prefect = offers_prefect(&req);
+    if !prefect && server.ws.auth_string.is_some() {
+        return empty(StatusCode::FORBIDDEN);
+    }
+    let Some(key) = req.headers().get(SEC_WEBSOCKET_KEY) else {
+        return error(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let store = server.store.clone();
+    let config = server.ws.clone();
+    let shutdown = server.shutdown.clone();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => ws::connection(upgraded, prefect, store, config, shutdown).await,
+            Err(e) => warn!(error = %e, "Websocket upgrade failed."),
+        }
+    });
+    let mut response = empty(StatusCode::SWITCHING_PROTOCOLS);
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(value) = HeaderValue::from_str(&accept) {
+        headers.insert(SEC_WEBSOCKET_ACCEPT, value);
+    }
+    if prefect {
+        headers.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("prefect"));
+    }
+    response
+}
+
+async fn handle(server: Arc<FakeServer>, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path().to_owned();
+    let is_upgrade = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if path == "/api/events/out" && is_upgrade {
+        return upgrade(&server, req);
+    }
+    if let Some(expected) = &server.basic {
+        let given = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if path != "/api/health" && given != Some(expected.as_str()) {
+            return error(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
+    }
+    let method = req.method().as_str().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+    };
+    rest::handle(&server.store, &server.base_url, &method, &path, &query, &body)
+        .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "Not Found"))
+}
+
+/// `serve-replay FILE... --listen ADDR`.
+pub async fn run(args: ServeReplayArgs, shutdown: CancellationToken) -> Result<(), AppError> {
+    let templates = timeline::load(&args.files).map_err(|message| AppError::Config { flag: "FILE", message })?;
+    let addr = args.listen.to_string();
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| AppError::Http { addr: addr.clone(), source })?;
+    let local = listener.local_addr().map_err(|source| AppError::Http { addr: addr.clone(), source })?;
+    let auth_string = args.auth_string.as_ref().map(|s| s.expose().to_owned()).filter(|s| !s.is_empty());
+    let server = Arc::new(FakeServer {
+        store: Arc::new(Store::default()),
+        basic: auth_string
+            .as_ref()
+            .map(|a| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(a))),
+        ws: WsServerConfig {
+            auth_string,
+            faults: Faults {
+                disconnect_every: args.disconnect_every,
+                close_code: args.close_code,
+                duplicate_rate: args.duplicate_rate,
+                drop_live_rate: args.drop_live_rate,
+                reorder_window: args.reorder_window,
+                stall_ms: args.stall_ms,
+            },
+        },
+        base_url: format!("http://{local}"),
+        shutdown: shutdown.clone(),
+    });
+    info!(listen = %local, events = templates.len(), api_url = %format!("http://{local}/api"), "Serving recorded events as a Prefect server.");
+    let play = PlayConfig {
+        pace: args.pace(),
+        keep_timestamps: args.keep_timestamps,
+        looped: args.r#loop,
+    };
+    let player = tokio::spawn(timeline::play(templates, server.store.clone(), play, shutdown.clone()));
+    let handler_server = server.clone();
+    let served = serve(listener, move |req| handle(handler_server.clone(), req), shutdown.clone()).await;
+    player.abort();
+    served.map_err(|source| AppError::Http { addr, source })?;
+    info!("Stopped.");
+    Ok(())
+}
