@@ -134,7 +134,9 @@ fn parse_rate(text: &str) -> Result<Rate, String> {
     if text == "max" {
         return Ok(Rate::Max);
     }
-    parse_positive(text).map(Rate::PerSecond).map_err(|_| "a positive number of events per second, or max".to_owned())
+    parse_positive(text)
+        .map(Rate::PerSecond)
+        .map_err(|_| "a positive number of events per second, or max".to_owned())
 }
 
 fn parse_positive(text: &str) -> Result<f64, String> {
@@ -286,6 +288,11 @@ pub struct RunArgs {
     /// repair those that differ (`0` = never).
     #[arg(long, env = "PREFECT_EXPORTER_VERIFY_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub verify_interval: Duration,
+
+    /// How old a window of events must be before it is verified (the server persists events
+    /// in batches, and client-side task-run events arrive late).
+    #[arg(long, env = "PREFECT_EXPORTER_VERIFY_SETTLE", default_value = "15s", value_parser = parse_duration)]
+    pub verify_settle: Duration,
 
     /// Skip the REST baseline at start: totals then cover only runs seen in the stream until
     /// the first reconciliation.

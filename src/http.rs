@@ -47,18 +47,30 @@ pub struct AppState {
 }
 
 /// Serves the exporter's API on `listener` until `shutdown`.
-pub async fn serve_api(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) -> io::Result<()> {
-    serve(listener, move |req| {
-        let state = state.clone();
-        async move { route(&state, req) }
-    }, shutdown)
+pub async fn serve_api(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    serve(
+        listener,
+        move |req| {
+            let state = state.clone();
+            async move { route(&state, req) }
+        },
+        shutdown,
+    )
     .await
 }
 
 /// Serves HTTP/1.1 (with upgrades) on `listener` with `handler` until `shutdown` is
 /// cancelled, then drains open connections (with a deadline) and returns. Request headers
 /// must arrive within [`HEADER_READ_TIMEOUT`].
-pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: CancellationToken) -> io::Result<()>
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    shutdown: CancellationToken,
+) -> io::Result<()>
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
@@ -102,8 +114,14 @@ where
         });
     }
     connections.close();
-    if tokio::time::timeout(DRAIN_DEADLINE, connections.wait()).await.is_err() {
-        warn!(open = connections.len(), "HTTP connections still open at the drain deadline; closing them.");
+    if tokio::time::timeout(DRAIN_DEADLINE, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = connections.len(),
+            "HTTP connections still open at the drain deadline; closing them."
+        );
     }
     info!("HTTP server stopped.");
     Ok(())

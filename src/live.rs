@@ -23,7 +23,7 @@ use crate::reconcile::Reconciler;
 use crate::source::ws::{self, StreamError, StreamObserver, WsConfig, RESUME_OVERLAP};
 use crate::state::Shared;
 use crate::status::Status;
-use crate::timestamp::{now_micros, Micros, SECOND};
+use crate::timestamp::{now_micros, Micros};
 use crate::verify::{RepairBatch, Verifier, VerifyConfig};
 
 /// Frames buffered between the socket reader and the pipeline.
@@ -32,8 +32,6 @@ const FRAME_QUEUE: usize = 16_384;
 const BATCH: usize = 512;
 /// Quiet time required around a reconciliation.
 const RECONCILE_SETTLE: Duration = Duration::from_secs(3);
-/// How old a window must be before it is verified.
-const VERIFY_SETTLE: Micros = 15 * SECOND;
 /// When each window is verified a second time.
 const SECOND_PASS: Duration = Duration::from_secs(300);
 /// Most non-terminal runs loaded from REST at start.
@@ -267,7 +265,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
             repair_tx,
             VerifyConfig {
                 interval: args.verify_interval,
-                settle: VERIFY_SETTLE,
+                settle: crate::config::micros(args.verify_settle),
                 second_pass_after: SECOND_PASS,
             },
         );

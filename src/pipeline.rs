@@ -267,13 +267,20 @@ mod tests {
     }
 
     fn key(ty: StateType) -> StateKey {
-        StateKey { ty, name: Arc::from(ty.default_name()) }
+        StateKey {
+            ty,
+            name: Arc::from(ty.default_name()),
+        }
     }
 
     /// A state event of run `run` at second `at` (of 01:00), `from` -> `to`.
     fn frame(id: u32, run: u32, at: u32, from: Option<StateType>, to: StateType) -> Vec<u8> {
         let from = match from {
-            Some(f) => format!(r#"{{"type":"{}","name":"{}"}}"#, f.as_str(), f.default_name()),
+            Some(f) => format!(
+                r#"{{"type":"{}","name":"{}"}}"#,
+                f.as_str(),
+                f.default_name()
+            ),
             None => "null".to_owned(),
         };
         format!(
@@ -288,7 +295,10 @@ mod tests {
     fn with_baseline(p: &Pipeline, at_second: u32, totals: &[(StateType, i64)]) {
         let shared = p.shared();
         let mut counts = shared.counts.lock();
-        counts.rebase(RunKind::FlowRun, totals.iter().map(|(t, n)| (key(*t), *n)).collect());
+        counts.rebase(
+            RunKind::FlowRun,
+            totals.iter().map(|(t, n)| (key(*t), *n)).collect(),
+        );
         counts.set_baseline(crate::timestamp::parse_rfc3339(&ts(at_second)).unwrap());
     }
 
@@ -311,9 +321,17 @@ mod tests {
         let mut p = pipeline();
         with_baseline(&p, 10, &[]);
         p.ingest(&frame(3, 1, 30, Some(Running), Completed));
-        assert_eq!(totals(&p), HashMap::from([(Completed, 1), (Running, -1)]), "assumed to exist at the baseline");
+        assert_eq!(
+            totals(&p),
+            HashMap::from([(Completed, 1), (Running, -1)]),
+            "assumed to exist at the baseline"
+        );
         p.ingest(&frame(1, 1, 20, None, Pending));
-        assert_eq!(totals(&p), HashMap::from([(Completed, 1)]), "created after the baseline after all");
+        assert_eq!(
+            totals(&p),
+            HashMap::from([(Completed, 1)]),
+            "created after the baseline after all"
+        );
         p.ingest(&frame(2, 1, 25, Some(Pending), Running));
         assert_eq!(totals(&p), HashMap::from([(Completed, 1)]));
     }
@@ -330,7 +348,11 @@ mod tests {
     fn backfilled_events_from_before_the_baseline_change_nothing() {
         let mut p = pipeline();
         with_baseline(&p, 40, &[(Completed, 1)]);
-        for f in [frame(3, 1, 30, Some(Running), Completed), frame(1, 1, 10, None, Pending), frame(2, 1, 20, Some(Pending), Running)] {
+        for f in [
+            frame(3, 1, 30, Some(Running), Completed),
+            frame(1, 1, 10, None, Pending),
+            frame(2, 1, 20, Some(Pending), Running),
+        ] {
             p.ingest(&f);
         }
         assert_eq!(totals(&p), HashMap::from([(Completed, 1)]));
@@ -341,7 +363,11 @@ mod tests {
         let mut p = pipeline();
         // At the baseline (second 25) the run was RUNNING.
         with_baseline(&p, 25, &[(Running, 1)]);
-        for f in [frame(3, 1, 30, Some(Running), Completed), frame(2, 1, 20, Some(Pending), Running), frame(1, 1, 10, None, Pending)] {
+        for f in [
+            frame(3, 1, 30, Some(Running), Completed),
+            frame(2, 1, 20, Some(Pending), Running),
+            frame(1, 1, 10, None, Pending),
+        ] {
             p.ingest(&f);
         }
         assert_eq!(totals(&p), HashMap::from([(Completed, 1)]));
@@ -371,8 +397,14 @@ mod tests {
     fn outcomes() {
         let mut p = pipeline();
         assert_eq!(p.ingest(&frame(1, 1, 10, None, Pending)), Outcome::Applied);
-        assert_eq!(p.ingest(&frame(1, 1, 10, None, Pending)), Outcome::Duplicate);
+        assert_eq!(
+            p.ingest(&frame(1, 1, 10, None, Pending)),
+            Outcome::Duplicate
+        );
         assert_eq!(p.ingest(b"{\"type\":\"auth_success\"}"), Outcome::Skipped);
-        assert_eq!(p.ingest(b"nope"), Outcome::Rejected(RejectReason::MalformedJson));
+        assert_eq!(
+            p.ingest(b"nope"),
+            Outcome::Rejected(RejectReason::MalformedJson)
+        );
     }
 }

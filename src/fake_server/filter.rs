@@ -47,14 +47,22 @@ fn strings(value: &Value, field: &str) -> Result<Option<Vec<String>>, String> {
         Value::Null => Ok(None),
         Value::Array(items) => items
             .iter()
-            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| format!("{field}: not a list of strings")))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("{field}: not a list of strings"))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
         _ => Err(format!("{field}: not a list")),
     }
 }
 
-fn object<'a>(value: &'a Value, field: &str, allowed: &[&str]) -> Result<Option<&'a serde_json::Map<String, Value>>, String> {
+fn object<'a>(
+    value: &'a Value,
+    field: &str,
+    allowed: &[&str],
+) -> Result<Option<&'a serde_json::Map<String, Value>>, String> {
     match value {
         Value::Null => Ok(None),
         Value::Object(map) => {
@@ -70,7 +78,9 @@ fn object<'a>(value: &'a Value, field: &str, allowed: &[&str]) -> Result<Option<
 fn timestamp(value: &Value, field: &str) -> Result<Option<Micros>, String> {
     match value {
         Value::Null => Ok(None),
-        Value::String(s) => parse_rfc3339(s).map(Some).ok_or_else(|| format!("{field}: invalid datetime")),
+        Value::String(s) => parse_rfc3339(s)
+            .map(Some)
+            .ok_or_else(|| format!("{field}: invalid datetime")),
         _ => Err(format!("{field}: invalid datetime")),
     }
 }
@@ -78,28 +88,61 @@ fn timestamp(value: &Value, field: &str) -> Result<Option<Micros>, String> {
 impl EventFilter {
     /// Parses the `filter` object of a websocket filter message or a REST body.
     pub fn parse(value: &Value) -> Result<EventFilter, String> {
-        const TOP: &[&str] = &["occurred", "event", "resource", "related", "any_resource", "id", "text", "order"];
+        const TOP: &[&str] = &[
+            "occurred",
+            "event",
+            "resource",
+            "related",
+            "any_resource",
+            "id",
+            "text",
+            "order",
+        ];
         let mut filter = EventFilter::default();
         let Some(map) = object(value, "filter", TOP)? else {
             return Ok(filter);
         };
         let null = Value::Null;
-        if let Some(occurred) = object(map.get("occurred").unwrap_or(&null), "occurred", &["since", "until"])? {
+        if let Some(occurred) = object(
+            map.get("occurred").unwrap_or(&null),
+            "occurred",
+            &["since", "until"],
+        )? {
             filter.since = timestamp(occurred.get("since").unwrap_or(&null), "occurred.since")?;
             filter.until = timestamp(occurred.get("until").unwrap_or(&null), "occurred.until")?;
         }
-        if let Some(event) = object(map.get("event").unwrap_or(&null), "event", &["prefix", "exclude_prefix", "name", "exclude_name"])? {
+        if let Some(event) = object(
+            map.get("event").unwrap_or(&null),
+            "event",
+            &["prefix", "exclude_prefix", "name", "exclude_name"],
+        )? {
             filter.prefix = strings(event.get("prefix").unwrap_or(&null), "event.prefix")?;
             filter.name = strings(event.get("name").unwrap_or(&null), "event.name")?;
-            filter.exclude_prefix = strings(event.get("exclude_prefix").unwrap_or(&null), "event.exclude_prefix")?.unwrap_or_default();
-            filter.exclude_name = strings(event.get("exclude_name").unwrap_or(&null), "event.exclude_name")?.unwrap_or_default();
+            filter.exclude_prefix = strings(
+                event.get("exclude_prefix").unwrap_or(&null),
+                "event.exclude_prefix",
+            )?
+            .unwrap_or_default();
+            filter.exclude_name = strings(
+                event.get("exclude_name").unwrap_or(&null),
+                "event.exclude_name",
+            )?
+            .unwrap_or_default();
         }
-        if let Some(resource) = object(map.get("resource").unwrap_or(&null), "resource", &["id", "id_prefix", "labels", "distinct"])? {
+        if let Some(resource) = object(
+            map.get("resource").unwrap_or(&null),
+            "resource",
+            &["id", "id_prefix", "labels", "distinct"],
+        )? {
             filter.resource_id = strings(resource.get("id").unwrap_or(&null), "resource.id")?;
-            filter.resource_id_prefix = strings(resource.get("id_prefix").unwrap_or(&null), "resource.id_prefix")?;
+            filter.resource_id_prefix = strings(
+                resource.get("id_prefix").unwrap_or(&null),
+                "resource.id_prefix",
+            )?;
         }
         if let Some(id) = object(map.get("id").unwrap_or(&null), "id", &["id"])? {
-            filter.id = strings(id.get("id").unwrap_or(&null), "id.id")?.filter(|ids| !ids.is_empty());
+            filter.id =
+                strings(id.get("id").unwrap_or(&null), "id.id")?.filter(|ids| !ids.is_empty());
         }
         Ok(filter)
     }
@@ -118,16 +161,31 @@ impl EventFilter {
 
     /// Whether the event's name, resource and id match (not its time).
     pub fn matches_ignoring_time(&self, event: &Candidate<'_>) -> bool {
-        let name_ok = self.prefix.as_ref().is_none_or(|p| p.iter().any(|p| event.name.starts_with(p.as_str())))
-            && self.name.as_ref().is_none_or(|n| n.iter().any(|n| n == event.name))
-            && !self.exclude_prefix.iter().any(|p| event.name.starts_with(p.as_str()))
+        let name_ok = self
+            .prefix
+            .as_ref()
+            .is_none_or(|p| p.iter().any(|p| event.name.starts_with(p.as_str())))
+            && self
+                .name
+                .as_ref()
+                .is_none_or(|n| n.iter().any(|n| n == event.name))
+            && !self
+                .exclude_prefix
+                .iter()
+                .any(|p| event.name.starts_with(p.as_str()))
             && !self.exclude_name.iter().any(|n| n == event.name);
-        let resource_ok = self.resource_id.as_ref().is_none_or(|ids| ids.iter().any(|i| i == event.resource_id))
+        let resource_ok = self
+            .resource_id
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|i| i == event.resource_id))
             && self
                 .resource_id_prefix
                 .as_ref()
                 .is_none_or(|p| p.iter().any(|p| event.resource_id.starts_with(p.as_str())));
-        let id_ok = self.id.as_ref().is_none_or(|ids| ids.iter().any(|i| i == event.id));
+        let id_ok = self
+            .id
+            .as_ref()
+            .is_none_or(|ids| ids.iter().any(|i| i == event.id));
         name_ok && resource_ok && id_ok
     }
 
@@ -156,9 +214,17 @@ mod tests {
         assert_eq!(f.prefix, Some(vec!["prefect.flow-run.".to_owned()]));
         assert!(f.since.is_some() && f.until.is_some());
         assert_eq!(f.id, None, "an empty id list filters nothing");
-        let c = Candidate { id: "x", name: "prefect.flow-run.Running", occurred: f.since.unwrap(), resource_id: "r" };
+        let c = Candidate {
+            id: "x",
+            name: "prefect.flow-run.Running",
+            occurred: f.since.unwrap(),
+            resource_id: "r",
+        };
         assert!(f.matches(&c, 0));
-        let c = Candidate { name: "prefect.flow.created", ..c };
+        let c = Candidate {
+            name: "prefect.flow.created",
+            ..c
+        };
         assert!(!f.matches(&c, 0));
     }
 

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use base64::Engine;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, UPGRADE};
+use hyper::header::{
+    HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    UPGRADE,
+};
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -94,7 +97,10 @@ async fn handle(server: Arc<FakeServer>, req: Request<Incoming>) -> HttpResponse
         return upgrade(&server, req);
     }
     if let Some(expected) = &server.basic {
-        let given = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let given = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         if path != "/api/health" && given != Some(expected.as_str()) {
             return error(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
@@ -105,24 +111,47 @@ async fn handle(server: Arc<FakeServer>, req: Request<Incoming>) -> HttpResponse
         Ok(body) => body.to_bytes(),
         Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
     };
-    rest::handle(&server.store, &server.base_url, &method, &path, &query, &body)
-        .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "Not Found"))
+    rest::handle(
+        &server.store,
+        &server.base_url,
+        &method,
+        &path,
+        &query,
+        &body,
+    )
+    .unwrap_or_else(|| error(StatusCode::NOT_FOUND, "Not Found"))
 }
 
 /// `serve-replay FILE... --listen ADDR`.
 pub async fn run(args: ServeReplayArgs, shutdown: CancellationToken) -> Result<(), AppError> {
-    let templates = timeline::load(&args.files).map_err(|message| AppError::Config { flag: "FILE", message })?;
+    let templates = timeline::load(&args.files).map_err(|message| AppError::Config {
+        flag: "FILE",
+        message,
+    })?;
     let addr = args.listen.to_string();
     let listener = TcpListener::bind(args.listen)
         .await
-        .map_err(|source| AppError::Http { addr: addr.clone(), source })?;
-    let local = listener.local_addr().map_err(|source| AppError::Http { addr: addr.clone(), source })?;
-    let auth_string = args.auth_string.as_ref().map(|s| s.expose().to_owned()).filter(|s| !s.is_empty());
+        .map_err(|source| AppError::Http {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| AppError::Http {
+        addr: addr.clone(),
+        source,
+    })?;
+    let auth_string = args
+        .auth_string
+        .as_ref()
+        .map(|s| s.expose().to_owned())
+        .filter(|s| !s.is_empty());
     let server = Arc::new(FakeServer {
         store: Arc::new(Store::default()),
-        basic: auth_string
-            .as_ref()
-            .map(|a| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(a))),
+        basic: auth_string.as_ref().map(|a| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(a)
+            )
+        }),
         ws: WsServerConfig {
             auth_string,
             faults: Faults {
@@ -143,9 +172,19 @@ pub async fn run(args: ServeReplayArgs, shutdown: CancellationToken) -> Result<(
         keep_timestamps: args.keep_timestamps,
         looped: args.r#loop,
     };
-    let player = tokio::spawn(timeline::play(templates, server.store.clone(), play, shutdown.clone()));
+    let player = tokio::spawn(timeline::play(
+        templates,
+        server.store.clone(),
+        play,
+        shutdown.clone(),
+    ));
     let handler_server = server.clone();
-    let served = serve(listener, move |req| handle(handler_server.clone(), req), shutdown.clone()).await;
+    let served = serve(
+        listener,
+        move |req| handle(handler_server.clone(), req),
+        shutdown.clone(),
+    )
+    .await;
     player.abort();
     served.map_err(|source| AppError::Http { addr, source })?;
     info!("Stopped.");

@@ -24,7 +24,11 @@ struct RunFilter {
 }
 
 fn list(value: &Value) -> Option<Vec<String>> {
-    value.as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+    value.as_array().map(|a| {
+        a.iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    })
 }
 
 impl RunFilter {
@@ -38,9 +42,17 @@ impl RunFilter {
     }
 
     fn keeps(&self, run: &RunInfo) -> bool {
-        self.types.as_ref().is_none_or(|t| t.iter().any(|t| t == run.state_type.as_str()))
-            && self.names.as_ref().is_none_or(|n| n.contains(&run.state_name))
-            && self.not_names.as_ref().is_none_or(|n| !n.contains(&run.state_name))
+        self.types
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|t| t == run.state_type.as_str()))
+            && self
+                .names
+                .as_ref()
+                .is_none_or(|n| n.contains(&run.state_name))
+            && self
+                .not_names
+                .as_ref()
+                .is_none_or(|n| !n.contains(&run.state_name))
     }
 }
 
@@ -50,7 +62,11 @@ fn runs(store: &Store, kind: RunKind, body: &Value) -> Vec<RunInfo> {
         RunKind::TaskRun => "task_runs",
     };
     let filter = RunFilter::parse(body, key);
-    let mut runs: Vec<RunInfo> = store.runs().into_iter().filter(|r| r.kind == kind && filter.keeps(r)).collect();
+    let mut runs: Vec<RunInfo> = store
+        .runs()
+        .into_iter()
+        .filter(|r| r.kind == kind && filter.keeps(r))
+        .collect();
     runs.sort_by(|a, b| (a.state_at, &a.id).cmp(&(b.state_at, &b.id)));
     runs
 }
@@ -69,7 +85,10 @@ fn run_json(run: &RunInfo) -> Value {
     })
 }
 
-fn matching(store: &Store, filter: &EventFilter) -> Vec<std::sync::Arc<super::timeline::StoredEvent>> {
+fn matching(
+    store: &Store,
+    filter: &EventFilter,
+) -> Vec<std::sync::Arc<super::timeline::StoredEvent>> {
     let until = filter.until_or_now();
     store.query(|e| filter.matches(&e.candidate(), until))
 }
@@ -92,18 +111,40 @@ fn page(store: &Store, base_url: &str, raw_filter: &Value, offset: usize) -> Htt
         .iter()
         .filter_map(|e| serde_json::from_str(&e.json).ok())
         .collect();
-    json(StatusCode::OK, &json!({ "events": items, "total": events.len(), "next_page": next_page }))
+    json(
+        StatusCode::OK,
+        &json!({ "events": items, "total": events.len(), "next_page": next_page }),
+    )
 }
 
 /// Answers a REST request; `None` for paths it does not serve.
-pub fn handle(store: &Store, base_url: &str, method: &str, path: &str, query: &str, body: &[u8]) -> Option<HttpResponse> {
-    let body: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(body).unwrap_or(Value::Null) };
+pub fn handle(
+    store: &Store,
+    base_url: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> Option<HttpResponse> {
+    let body: Value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(body).unwrap_or(Value::Null)
+    };
     let response = match (method, path) {
         ("GET", "/api/health") => json(StatusCode::OK, &true),
-        ("POST", "/api/flow_runs/count") => json(StatusCode::OK, &runs(store, RunKind::FlowRun, &body).len()),
-        ("POST", "/api/task_runs/count") => json(StatusCode::OK, &runs(store, RunKind::TaskRun, &body).len()),
+        ("POST", "/api/flow_runs/count") => {
+            json(StatusCode::OK, &runs(store, RunKind::FlowRun, &body).len())
+        }
+        ("POST", "/api/task_runs/count") => {
+            json(StatusCode::OK, &runs(store, RunKind::TaskRun, &body).len())
+        }
         ("POST", "/api/flow_runs/filter") | ("POST", "/api/task_runs/filter") => {
-            let kind = if path.starts_with("/api/flow") { RunKind::FlowRun } else { RunKind::TaskRun };
+            let kind = if path.starts_with("/api/flow") {
+                RunKind::FlowRun
+            } else {
+                RunKind::TaskRun
+            };
             let offset = body["offset"].as_u64().unwrap_or(0) as usize;
             let limit = body["limit"].as_u64().unwrap_or(200).min(200) as usize;
             let all = runs(store, kind, &body);
@@ -117,7 +158,10 @@ pub fn handle(store: &Store, base_url: &str, method: &str, path: &str, query: &s
             };
             let mut counts: BTreeMap<String, (u64, i64, i64)> = BTreeMap::new();
             for event in matching(store, &filter) {
-                let entry = counts.entry(event.name.clone()).or_insert((0, event.occurred, event.occurred));
+                let entry =
+                    counts
+                        .entry(event.name.clone())
+                        .or_insert((0, event.occurred, event.occurred));
                 entry.0 += 1;
                 entry.1 = entry.1.min(event.occurred);
                 entry.2 = entry.2.max(event.occurred);
@@ -135,13 +179,21 @@ pub fn handle(store: &Store, base_url: &str, method: &str, path: &str, query: &s
         }
         ("POST", "/api/events/filter") => page(store, base_url, &body["filter"], 0),
         ("GET", "/api/events/filter/next") => {
-            let token = query.split('&').find_map(|p| p.strip_prefix("page-token=")).unwrap_or("");
+            let token = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("page-token="))
+                .unwrap_or("");
             let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(token)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
             match decoded {
-                Some(token) => page(store, base_url, &token["filter"], token["offset"].as_u64().unwrap_or(0) as usize),
+                Some(token) => page(
+                    store,
+                    base_url,
+                    &token["filter"],
+                    token["offset"].as_u64().unwrap_or(0) as usize,
+                ),
                 None => error(StatusCode::FORBIDDEN, "invalid page token"),
             }
         }

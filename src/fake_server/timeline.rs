@@ -94,18 +94,29 @@ pub fn load(files: &[PathBuf]) -> Result<Vec<Template>, String> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for path in files {
-        let mut reader = LineReader::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        while let Some(line) = reader.next_line().map_err(|e| format!("cannot read {}: {e}", path.display()))? {
+        let mut reader =
+            LineReader::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        while let Some(line) = reader
+            .next_line()
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        {
             let Line::Frame(bytes) = line else { continue };
-            let Decoded::Event(event) = decode(bytes) else { continue };
+            let Decoded::Event(event) = decode(bytes) else {
+                continue;
+            };
             if !seen.insert(event.id) {
                 continue;
             }
-            let Ok(mut value) = serde_json::from_slice::<Value>(bytes) else { continue };
+            let Ok(mut value) = serde_json::from_slice::<Value>(bytes) else {
+                continue;
+            };
             if value.get("type").is_some() {
                 value = value["event"].take();
             }
-            out.push(Template { value, occurred: event.occurred });
+            out.push(Template {
+                value,
+                occurred: event.occurred,
+            });
         }
     }
     if out.is_empty() {
@@ -137,7 +148,9 @@ impl Store {
         let event = Arc::new(event);
         if let Some(run) = &event.run {
             let mut runs = self.runs.lock();
-            let current = runs.entry(event.resource_id.clone()).or_insert_with(|| run.clone());
+            let current = runs
+                .entry(event.resource_id.clone())
+                .or_insert_with(|| run.clone());
             if run.state_at >= current.state_at {
                 *current = run.clone();
             }
@@ -153,7 +166,13 @@ impl Store {
 
     /// Released events matching `keep`, ascending by `occurred`.
     pub fn query(&self, keep: impl Fn(&StoredEvent) -> bool) -> Vec<Arc<StoredEvent>> {
-        let mut out: Vec<Arc<StoredEvent>> = self.events.read().iter().filter(|e| keep(e)).cloned().collect();
+        let mut out: Vec<Arc<StoredEvent>> = self
+            .events
+            .read()
+            .iter()
+            .filter(|e| keep(e))
+            .cloned()
+            .collect();
         out.sort_by_key(|e| e.occurred);
         out
     }
@@ -188,17 +207,29 @@ pub struct PlayConfig {
 fn shift_field(value: &mut Value, map: impl Fn(Micros) -> Micros, plus_zero: bool) {
     if let Some(t) = value.as_str().and_then(parse_rfc3339) {
         let text = format_rfc3339(map(t));
-        *value = Value::String(if plus_zero { text.replace('Z', "+00:00") } else { text });
+        *value = Value::String(if plus_zero {
+            text.replace('Z', "+00:00")
+        } else {
+            text
+        });
     }
 }
 
-fn stored(mut value: Value, retime: &dyn Fn(Micros) -> Micros, ids: Option<&mut HashMap<String, String>>) -> Option<StoredEvent> {
+fn stored(
+    mut value: Value,
+    retime: &dyn Fn(Micros) -> Micros,
+    ids: Option<&mut HashMap<String, String>>,
+) -> Option<StoredEvent> {
     shift_field(&mut value["occurred"], retime, false);
     if value.get("received").is_some() {
         shift_field(&mut value["received"], retime, false);
     }
     if value["resource"].get("prefect.state-timestamp").is_some() {
-        shift_field(&mut value["resource"]["prefect.state-timestamp"], retime, true);
+        shift_field(
+            &mut value["resource"]["prefect.state-timestamp"],
+            retime,
+            true,
+        );
     }
     if let Some(ids) = ids {
         for field in ["id", "follows"] {
@@ -210,7 +241,9 @@ fn stored(mut value: Value, retime: &dyn Fn(Micros) -> Micros, ids: Option<&mut 
     }
     let id = value["id"].as_str()?.to_owned();
     let json = value.to_string();
-    let Decoded::Event(event) = decode(json.as_bytes()) else { return None };
+    let Decoded::Event(event) = decode(json.as_bytes()) else {
+        return None;
+    };
     let run = match (RunKind::of_resource(&event.resource_id), &event.state) {
         (Some(kind), Some(change)) => Some(RunInfo {
             kind,
@@ -234,11 +267,19 @@ fn stored(mut value: Value, retime: &dyn Fn(Micros) -> Micros, ids: Option<&mut 
 
 /// A random (version 4) UUID as text.
 fn fresh_uuid() -> String {
-    uuid::Builder::from_random_bytes(rand::random()).into_uuid().hyphenated().to_string()
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// Releases the timeline into `store` until it ends (or, looped, until `shutdown`).
-pub async fn play(templates: Vec<Template>, store: Arc<Store>, config: PlayConfig, shutdown: CancellationToken) {
+pub async fn play(
+    templates: Vec<Template>,
+    store: Arc<Store>,
+    config: PlayConfig,
+    shutdown: CancellationToken,
+) {
     let first = templates.iter().map(|t| t.occurred).min().unwrap_or(0);
     let last = templates.iter().map(|t| t.occurred).max().unwrap_or(0);
     let span = (last - first).max(1) as f64;
@@ -246,7 +287,10 @@ pub async fn play(templates: Vec<Template>, store: Arc<Store>, config: PlayConfi
     // iteration. An event never occurs after it is released, as on a real server.
     let (release, occurs): (Vec<Micros>, Vec<Micros>) = match config.pace {
         Pace::Recorded(speed) => {
-            let occurs: Vec<Micros> = templates.iter().map(|t| ((t.occurred - first) as f64 / speed) as Micros).collect();
+            let occurs: Vec<Micros> = templates
+                .iter()
+                .map(|t| ((t.occurred - first) as f64 / speed) as Micros)
+                .collect();
             let mut latest = 0;
             let release = occurs
                 .iter()
@@ -258,7 +302,9 @@ pub async fn play(templates: Vec<Template>, store: Arc<Store>, config: PlayConfi
             (release, occurs)
         }
         Pace::Rate(rate) => {
-            let release: Vec<Micros> = (0..templates.len()).map(|i| (i as f64 / rate * SECOND as f64) as Micros).collect();
+            let release: Vec<Micros> = (0..templates.len())
+                .map(|i| (i as f64 / rate * SECOND as f64) as Micros)
+                .collect();
             (release.clone(), release)
         }
         // All at once: the recording is squeezed into the second before the release.

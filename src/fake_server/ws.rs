@@ -80,15 +80,22 @@ async fn finish(mut socket: Socket, end: End) {
         reason: reason.into(),
     };
     let _ = socket.send(Message::Close(Some(frame))).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), async { while let Some(Ok(_)) = socket.next().await {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
 }
 
 /// The next text message as JSON: `Err(End)` when the client sent something else or left.
 async fn next_json(socket: &mut Socket) -> Result<Value, End> {
     loop {
         match socket.next().await {
-            Some(Ok(Message::Text(text))) => return serde_json::from_str(text.as_str()).map_err(|_| End::Drop),
-            Some(Ok(Message::Binary(bytes))) => return serde_json::from_slice(&bytes).map_err(|_| End::Drop),
+            Some(Ok(Message::Text(text))) => {
+                return serde_json::from_str(text.as_str()).map_err(|_| End::Drop)
+            }
+            Some(Ok(Message::Binary(bytes))) => {
+                return serde_json::from_slice(&bytes).map_err(|_| End::Drop)
+            }
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Err(End::Gone),
             Some(Ok(_)) => continue,
         }
@@ -97,17 +104,39 @@ async fn next_json(socket: &mut Socket) -> Result<Value, End> {
 
 /// Runs one upgraded connection. `prefect_protocol` says whether the client offered the
 /// `prefect` subprotocol (without it, and without auth, the legacy filter-first mode).
-pub async fn connection(upgraded: Upgraded, prefect_protocol: bool, store: Arc<Store>, config: WsServerConfig, shutdown: CancellationToken) {
+pub async fn connection(
+    upgraded: Upgraded,
+    prefect_protocol: bool,
+    store: Arc<Store>,
+    config: WsServerConfig,
+    shutdown: CancellationToken,
+) {
     let ws_config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES));
-    let mut socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+    let mut socket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+            .await;
     let end = match handshake(&mut socket, prefect_protocol, &config).await {
-        Ok((filter, backfill)) => stream(&mut socket, filter, backfill, store, &config.faults, shutdown).await,
+        Ok((filter, backfill)) => {
+            stream(
+                &mut socket,
+                filter,
+                backfill,
+                store,
+                &config.faults,
+                shutdown,
+            )
+            .await
+        }
         Err(end) => end,
     };
     finish(socket, end).await;
 }
 
-async fn handshake(socket: &mut Socket, prefect_protocol: bool, config: &WsServerConfig) -> Result<(EventFilter, bool), End> {
+async fn handshake(
+    socket: &mut Socket,
+    prefect_protocol: bool,
+    config: &WsServerConfig,
+) -> Result<(EventFilter, bool), End> {
     if prefect_protocol {
         let auth = next_json(socket).await?;
         if auth.get("type").and_then(Value::as_str) != Some("auth") {
@@ -115,7 +144,9 @@ async fn handshake(socket: &mut Socket, prefect_protocol: bool, config: &WsServe
         }
         if let Some(expected) = &config.auth_string {
             match auth.get("token").and_then(Value::as_str) {
-                None | Some("") => return Err(End::Close(1008, "Auth required but no token provided")),
+                None | Some("") => {
+                    return Err(End::Close(1008, "Auth required but no token provided"))
+                }
                 Some(token) if token != expected => return Err(End::Close(1008, "Invalid token")),
                 Some(_) => {}
             }
@@ -138,7 +169,10 @@ async fn handshake(socket: &mut Socket, prefect_protocol: bool, config: &WsServe
     // Prefect's validation errors make close reasons too long to send: the TCP connection
     // just drops.
     let filter = EventFilter::parse(raw).map_err(|_| End::Drop)?;
-    let backfill = message.get("backfill").and_then(Value::as_bool).unwrap_or(true);
+    let backfill = message
+        .get("backfill")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
     Ok((filter, backfill))
 }
 
@@ -163,14 +197,26 @@ impl Injector<'_> {
     }
 }
 
-async fn send_event(socket: &mut Socket, event: &Arc<StoredEvent>, injector: &mut Injector<'_>) -> Result<(), End> {
-    socket.send(Message::text(event.frame())).await.map_err(|_| End::Gone)?;
+async fn send_event(
+    socket: &mut Socket,
+    event: &Arc<StoredEvent>,
+    injector: &mut Injector<'_>,
+) -> Result<(), End> {
+    socket
+        .send(Message::text(event.frame()))
+        .await
+        .map_err(|_| End::Gone)?;
     injector.sent += 1;
     injector.history.push(event.clone());
-    if injector.faults.duplicate_rate > 0.0 && rand::rng().random_bool(injector.faults.duplicate_rate.clamp(0.0, 1.0)) {
+    if injector.faults.duplicate_rate > 0.0
+        && rand::rng().random_bool(injector.faults.duplicate_rate.clamp(0.0, 1.0))
+    {
         let index = rand::rng().random_range(0..injector.history.len());
         let again = injector.history[index].clone();
-        socket.send(Message::text(again.frame())).await.map_err(|_| End::Gone)?;
+        socket
+            .send(Message::text(again.frame()))
+            .await
+            .map_err(|_| End::Gone)?;
     }
     if injector.faults.stall_ms > 0 && injector.sent % STALL_EVERY == 0 {
         tokio::time::sleep(Duration::from_millis(injector.faults.stall_ms)).await;
@@ -181,7 +227,14 @@ async fn send_event(socket: &mut Socket, event: &Arc<StoredEvent>, injector: &mu
     Ok(())
 }
 
-async fn stream(socket: &mut Socket, filter: EventFilter, backfill: bool, store: Arc<Store>, faults: &Faults, shutdown: CancellationToken) -> End {
+async fn stream(
+    socket: &mut Socket,
+    filter: EventFilter,
+    backfill: bool,
+    store: Arc<Store>,
+    faults: &Faults,
+    shutdown: CancellationToken,
+) -> End {
     let mut live = store.subscribe();
     let mut injector = Injector {
         faults,
@@ -194,7 +247,11 @@ async fn stream(socket: &mut Socket, filter: EventFilter, backfill: bool, store:
         let now = now_micros();
         let since = filter.backfill_since(now);
         let until = filter.until_or_now();
-        let events = store.query(|e| e.occurred >= since && e.occurred <= until && filter.matches_ignoring_time(&e.candidate()));
+        let events = store.query(|e| {
+            e.occurred >= since
+                && e.occurred <= until
+                && filter.matches_ignoring_time(&e.candidate())
+        });
         for event in &events {
             backfilled.insert(event.id.clone());
             if let Err(end) = send_event(socket, event, &mut injector).await {

@@ -91,14 +91,34 @@ impl Service {
     /// Starts `run --listen 127.0.0.1:0 --log-format json` plus `args`, and waits until it is
     /// ready.
     pub fn start(args: &[&str]) -> Service {
+        let mut full = vec!["run", "--listen", "127.0.0.1:0", "--log-format", "json"];
+        full.extend_from_slice(args);
+        let service = Service::spawn(&full);
+        service.wait_for("/readyz");
+        service
+    }
+
+    /// Starts `serve-replay FILES --listen 127.0.0.1:0 --log-format json` plus `args`, and
+    /// waits until it answers.
+    pub fn serve_replay(files: &[&str], args: &[&str]) -> Service {
+        let mut full = vec!["serve-replay"];
+        full.extend_from_slice(files);
+        full.extend_from_slice(&["--listen", "127.0.0.1:0", "--log-format", "json"]);
+        full.extend_from_slice(args);
+        let service = Service::spawn(&full);
+        service.wait_for("/api/health");
+        service
+    }
+
+    /// Starts the binary with `args` and waits for the log line with its listen address.
+    pub fn spawn(args: &[&str]) -> Service {
         let mut child = binary()
-            .args(["run", "--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn run");
+            .expect("spawn binary");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -126,19 +146,23 @@ impl Service {
             }
         };
         service.addr = addr;
-        service.wait_ready();
         service
     }
 
-    fn wait_ready(&self) {
+    /// `http://ADDR/api`.
+    pub fn api_url(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    fn wait_for(&self, path: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if self.get("/readyz").status == 200 {
+            if self.get(path).status == 200 {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("service not ready within 30 s");
+        panic!("{path} did not answer 200 within 30 s");
     }
 
     /// GET `path`.
@@ -206,8 +230,34 @@ impl Response {
     }
 }
 
+/// A POST with a JSON body.
+pub fn http_post(addr: SocketAddr, path: &str, body: &str) -> Response {
+    let length = body.len().to_string();
+    http_with_body(
+        addr,
+        "POST",
+        path,
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Length", &length),
+        ],
+        body,
+    )
+}
+
 /// One HTTP/1.1 request with `Connection: close`.
 pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    http_with_body(addr, method, path, headers, "")
+}
+
+/// One HTTP/1.1 request with a body and `Connection: close`.
+pub fn http_with_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Response {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -217,6 +267,7 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
+    request.push_str(body);
     stream.write_all(request.as_bytes()).expect("send");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");

@@ -185,6 +185,7 @@ def cmd_burst(args: argparse.Namespace) -> int:
     parameters = {"tasks": args.tasks}
     with get_client(sync_client=True) as client:
         flow_run = client.create_flow_run(burst_flow, parameters=parameters)
+    print(f"WORKLOAD burst-run {flow_run.id}", flush=True)
     wait_for_go(args.ready_file, args.go_file)
     state = run_flow(burst_flow, flow_run=flow_run, parameters=parameters, return_type="state")
     print(f"WORKLOAD burst {state.type.value} {state.name}", flush=True)
