@@ -13,6 +13,9 @@ use crate::event::RunKind;
 use crate::http::{error, json, HttpResponse};
 use crate::timestamp::format_rfc3339;
 
+/// The server version reported to clients' version checks (the recordings' server).
+const RECORDED_VERSION: &str = "3.9.1";
+
 /// Events per `/events/filter` page (Prefect's maximum).
 const EVENT_PAGE: usize = 50;
 
@@ -133,6 +136,7 @@ pub fn handle(
     };
     let response = match (method, path) {
         ("GET", "/api/health") => json(StatusCode::OK, &true),
+        ("GET", "/api/admin/version") => json(StatusCode::OK, &RECORDED_VERSION),
         ("POST", "/api/flow_runs/count") => {
             json(StatusCode::OK, &runs(store, RunKind::FlowRun, &body).len())
         }
