@@ -341,3 +341,42 @@ fn run_is_exact_against_every_fault_at_once() {
         "500",
     ]);
 }
+
+#[test]
+fn record_writes_a_replayable_file() {
+    let source = replay_data("synthetic-out-of-order.jsonl")
+        .display()
+        .to_string();
+    let server = Service::serve_replay(&[&source], &["--rate", "max"]);
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let out_path = out.path().display().to_string();
+    let api = server.api_url();
+    let mut recorder = crate::support::binary()
+        .args(["record", "--out", &out_path, "--prefect-api-url", &api])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&out_path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 7
+    {
+        assert!(
+            Instant::now() < deadline,
+            "7 frames were not recorded within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &recorder.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(recorder.wait().unwrap().code(), Some(0));
+    let recorded = replay_json(&[&out_path]);
+    let original = replay_json(&[&source]);
+    assert_eq!(recorded["flow_runs"], original["flow_runs"]);
+    assert_eq!(recorded["events"]["received"], 7);
+}
