@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's whole test suite, as CI runs it (`.ci/run`) and as the README tells users:
 # format, lints, unit and integration tests (with a real Prometheus parser from a pinned
-# Python virtualenv), then the README's own run command as a smoke test.
+# Python virtualenv), the end-to-end tests against a real Prefect 3.9.1 server (and
+# Prefect's own client against serve-replay), then the README's run command as a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +19,14 @@ PREFECT_EXPORTER_TEST_PYTHON=$(bash scripts/python-env.sh)
 export PREFECT_EXPORTER_TEST_PYTHON
 
 step "cargo test"
-cargo test --all-targets
+cargo test
+
+step "cargo build --release"
+cargo build --release
+
+step "end-to-end tests: real Prefect 3.9.1 server and flows, Prefect's client vs serve-replay"
+PREFECT_EXPORTER_BIN="$PWD/target/release/prefect-events-exporter" \
+  "$PREFECT_EXPORTER_TEST_PYTHON" -m pytest tests/e2e
 
 step "README run command"
 bash scripts/smoke-readme.sh

@@ -296,6 +296,35 @@ fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
     Ok(())
 }
 
+/// An object key as raw (unescaped) bytes: keys are only compared, so they skip UTF-8
+/// validation.
+struct Key<'a>(Cow<'a, [u8]>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_vec())))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v.as_bytes())))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.as_bytes().to_vec())))
+            }
+        }
+        deserializer.deserialize_bytes(KeyVisitor)
+    }
+}
+
 /// A string, borrowed when possible; `None` for any other JSON value.
 struct Text<'a>(Option<Cow<'a, str>>);
 
@@ -386,20 +415,20 @@ impl<'de> Deserialize<'de> for EventValue<'de> {
 
 fn read_fields<'de, A: MapAccess<'de>>(mut map: A) -> Result<Fields<'de>, A::Error> {
     let mut fields = Fields::default();
-    while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
-        match key.as_deref() {
-            Some("type") => fields.frame_type = map.next_value::<Text<'de>>()?.0,
-            Some("event") => match map.next_value::<EventValue<'de>>()? {
+    while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+        match &*key {
+            b"type" => fields.frame_type = map.next_value::<Text<'de>>()?.0,
+            b"event" => match map.next_value::<EventValue<'de>>()? {
                 EventValue::Name(name) => fields.event_name = Some(name),
                 EventValue::Object(object) => fields.event_object = Some(object),
                 EventValue::Neither => fields.event_not_object = true,
             },
-            Some("id") => fields.id = map.next_value::<Text<'de>>()?.0,
-            Some("occurred") => fields.occurred = map.next_value::<Text<'de>>()?.0,
-            Some("follows") => fields.follows = map.next_value::<Text<'de>>()?.0,
-            Some("resource") => fields.resource = map.next_value::<Resource<'de>>()?.0,
-            Some("related") => fields.related = map.next_value::<Related<'de>>()?.0,
-            Some("payload") => {
+            b"id" => fields.id = map.next_value::<Text<'de>>()?.0,
+            b"occurred" => fields.occurred = map.next_value::<Text<'de>>()?.0,
+            b"follows" => fields.follows = map.next_value::<Text<'de>>()?.0,
+            b"resource" => fields.resource = map.next_value::<Resource<'de>>()?.0,
+            b"related" => fields.related = map.next_value::<Related<'de>>()?.0,
+            b"payload" => {
                 let payload = map.next_value::<Payload<'de>>()?;
                 fields.initial_state = payload.initial_state;
                 fields.validated_state = payload.validated_state;
@@ -425,13 +454,13 @@ impl<'de> Deserialize<'de> for Resource<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut r = ResourceFields::default();
-                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
-                    let slot = match key.as_deref() {
-                        Some("prefect.resource.id") => &mut r.id,
-                        Some("prefect.resource.name") => &mut r.name,
-                        Some("prefect.state-type") => &mut r.state_type,
-                        Some("prefect.state-name") => &mut r.state_name,
-                        Some("prefect.state-timestamp") => &mut r.state_timestamp,
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let slot = match &*key {
+                        b"prefect.resource.id" => &mut r.id,
+                        b"prefect.resource.name" => &mut r.name,
+                        b"prefect.state-type" => &mut r.state_type,
+                        b"prefect.state-name" => &mut r.state_name,
+                        b"prefect.state-timestamp" => &mut r.state_timestamp,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -529,11 +558,11 @@ impl<'de> Deserialize<'de> for RelatedItem<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut entry = RelatedEntry::default();
-                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
-                    let slot = match key.as_deref() {
-                        Some("prefect.resource.id") => &mut entry.id,
-                        Some("prefect.resource.role") => &mut entry.role,
-                        Some("prefect.resource.name") => &mut entry.name,
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let slot = match &*key {
+                        b"prefect.resource.id" => &mut entry.id,
+                        b"prefect.resource.role" => &mut entry.role,
+                        b"prefect.resource.name" => &mut entry.name,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -572,10 +601,10 @@ impl<'de> Deserialize<'de> for Payload<'de> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut payload = Payload::default();
-                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
-                    let slot = match key.as_deref() {
-                        Some("initial_state") => &mut payload.initial_state,
-                        Some("validated_state") => &mut payload.validated_state,
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let slot = match &*key {
+                        b"initial_state" => &mut payload.initial_state,
+                        b"validated_state" => &mut payload.validated_state,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -610,10 +639,10 @@ impl<'de> Deserialize<'de> for StateFields<'de> {
                     present: true,
                     ..StateFields::default()
                 };
-                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
-                    let slot = match key.as_deref() {
-                        Some("type") => &mut state.ty,
-                        Some("name") => &mut state.name,
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let slot = match &*key {
+                        b"type" => &mut state.ty,
+                        b"name" => &mut state.name,
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                             continue;

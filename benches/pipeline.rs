@@ -1,0 +1,167 @@
+//! Criterion benches on real recorded events (`replay-data/prefect-3.9.1-main.jsonl`), with
+//! every UUID rewritten per copy so the stream is large and unique: decode alone, dedup
+//! alone, apply alone, the whole pipeline per frame, and the reference cost of merely reading
+//! the same JSON with `serde_json` into `IgnoredAny`.
+//!
+//! Run: `cargo bench --bench pipeline` (frames/s and MB/s are printed as throughput).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use prefect_events_exporter::decode::{decode, Decoded};
+use prefect_events_exporter::dedup::Dedup;
+use prefect_events_exporter::event::RunKind;
+use prefect_events_exporter::labels::GroupBy;
+use prefect_events_exporter::pipeline::{Pipeline, PipelineConfig};
+use prefect_events_exporter::state::{StateConfig, Tracker};
+use prefect_events_exporter::timestamp::SECOND;
+
+/// Copies of the recording in the bench stream.
+const COPIES: u32 = 8;
+
+fn is_uuid_at(bytes: &[u8], i: usize) -> bool {
+    const DASHES: [usize; 4] = [8, 13, 18, 23];
+    i + 36 <= bytes.len()
+        && (0..36).all(|j| {
+            let b = bytes[i + j];
+            if DASHES.contains(&j) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
+}
+
+/// The frame with the first 8 hex digits of every UUID XORed with `copy`.
+fn rewrite(frame: &[u8], copy: u32) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let mut i = 0;
+    while i + 36 <= out.len() {
+        if is_uuid_at(&out, i) {
+            let head = std::str::from_utf8(&out[i..i + 8]).unwrap();
+            let value = u32::from_str_radix(head, 16).unwrap() ^ copy;
+            out[i..i + 8].copy_from_slice(format!("{value:08x}").as_bytes());
+            i += 36;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Distinct event frames of the main recording, `COPIES` times with fresh ids.
+fn frames() -> Vec<Vec<u8>> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/replay-data/prefect-3.9.1-main.jsonl"
+    );
+    let text = std::fs::read(path).expect("replay-data/prefect-3.9.1-main.jsonl");
+    let mut seen = std::collections::HashSet::new();
+    let base: Vec<&[u8]> = text
+        .split(|&b| b == b'\n')
+        .filter(|line| match decode(line) {
+            Decoded::Event(e) => seen.insert(e.id),
+            _ => false,
+        })
+        .collect();
+    (0..COPIES)
+        .flat_map(|copy| base.iter().map(move |f| rewrite(f, copy)))
+        .collect()
+}
+
+fn config() -> PipelineConfig {
+    PipelineConfig {
+        state: StateConfig {
+            track_task_runs: true,
+            terminal_retention: 3600 * SECOND,
+            max_series: 10_000,
+            group_by: vec![GroupBy::Deployment, GroupBy::WorkPool],
+        },
+        dedup_window: 1800 * SECOND,
+        dedup_capacity: 4_000_000,
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let frames = frames();
+    let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
+    let mut group = c.benchmark_group("frames");
+    group.throughput(Throughput::Bytes(bytes));
+    group.sample_size(20);
+
+    group.bench_function("reference_serde_json_ignored_any", |b| {
+        b.iter(|| {
+            for frame in &frames {
+                black_box(serde_json::from_slice::<serde::de::IgnoredAny>(frame).ok());
+            }
+        })
+    });
+
+    group.bench_function("decode", |b| {
+        b.iter(|| {
+            for frame in &frames {
+                black_box(decode(frame));
+            }
+        })
+    });
+
+    let events: Vec<_> = frames
+        .iter()
+        .filter_map(|f| match decode(f) {
+            Decoded::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+
+    group.bench_function("dedup", |b| {
+        b.iter_batched(
+            || Dedup::new(1800 * SECOND, 4_000_000),
+            |mut dedup| {
+                for e in &events {
+                    black_box(dedup.check_and_insert(e.id, e.occurred));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    group.bench_function("apply", |b| {
+        b.iter_batched(
+            || Tracker::new(config().state),
+            |mut tracker| {
+                let shared = tracker.shared().clone();
+                let mut counts = shared.counts.lock();
+                for e in &events {
+                    if let (Some(kind), Some(change)) = (tracker.tracked_kind(e), e.state.as_ref())
+                    {
+                        tracker.apply(&mut counts, kind, e, change, true);
+                    }
+                }
+                black_box(counts.kinds[RunKind::FlowRun.index()].current.len());
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    group.bench_function("pipeline", |b| {
+        b.iter_batched(
+            || Pipeline::new(config()),
+            |mut pipeline| {
+                for chunk in frames.chunks(512) {
+                    pipeline.ingest_batch(chunk);
+                }
+                black_box(pipeline.shared());
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+    eprintln!(
+        "bench stream: {} frames, {:.1} MB",
+        frames.len(),
+        bytes as f64 / 1e6
+    );
+}
+
+criterion_group!(pipeline, benches);
+criterion_main!(pipeline);
