@@ -45,5 +45,7 @@ pub mod secret;
 pub mod source;
 pub mod state;
 pub mod status;
+#[cfg(test)]
+mod test_support;
 pub mod timestamp;
 pub mod verify;

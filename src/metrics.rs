@@ -722,3 +722,148 @@ fn family(def: &Def, samples: impl IntoIterator<Item = (Vec<String>, Value)>) ->
     mf.set_metric(metrics);
     mf
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::ResourceQuery;
+    use crate::report::ResourceList;
+    use crate::test_support::{frame, pipeline, ts};
+    use crate::timestamp::parse_rfc3339;
+    use StateType::{Completed, Pending, Running};
+
+    fn sample<'a>(
+        families: &'a [MetricFamily],
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<&'a Metric> {
+        families
+            .iter()
+            .find(|f| f.name() == name)?
+            .get_metric()
+            .iter()
+            .find(|m| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+    }
+
+    #[test]
+    fn ages_durations_and_stuck_lists_with_a_fixed_clock() {
+        let mut p = pipeline();
+        for f in [
+            frame(1, 1, 10, None, Pending),
+            frame(2, 2, 20, None, Pending),
+            frame(3, 3, 15, None, Running),
+            frame(4, 4, 5, None, Pending),
+            frame(5, 4, 35, Some(Pending), Running),
+            frame(6, 4, 95, Some(Running), Completed),
+        ] {
+            p.ingest(&f);
+        }
+        let now = parse_rfc3339(&ts(100)).unwrap();
+        let clock: Clock = Arc::new(move || now);
+        let metrics = Metrics::new(p.shared(), Arc::new(Status::new()), clock).unwrap();
+        let families = metrics.gather();
+        let age = |ty: &str, name: &str| {
+            sample(
+                &families,
+                "prefect_flow_run_oldest_state_age_seconds",
+                &[("state_type", ty), ("state_name", name)],
+            )
+            .map(|m| m.get_gauge().get_value())
+        };
+        assert_eq!(
+            age("PENDING", "Pending"),
+            Some(90.0),
+            "run 1 entered PENDING 90 s ago"
+        );
+        assert_eq!(
+            age("RUNNING", "Running"),
+            Some(85.0),
+            "run 3; run 4 completed"
+        );
+        assert_eq!(
+            age("COMPLETED", "Completed"),
+            None,
+            "terminal states have no age"
+        );
+
+        let histogram = |ty: &str, name: &str| {
+            sample(
+                &families,
+                "prefect_flow_run_state_duration_seconds",
+                &[("state_type", ty), ("state_name", name)],
+            )
+            .map(|m| m.get_histogram().clone())
+            .unwrap()
+        };
+        let bucket = |h: &prometheus::proto::Histogram, le: f64| {
+            h.get_bucket()
+                .iter()
+                .find(|b| b.upper_bound() == le)
+                .map(|b| b.cumulative_count())
+        };
+        let pending = histogram("PENDING", "Pending");
+        assert_eq!(
+            (pending.get_sample_count(), pending.get_sample_sum()),
+            (1, 30.0)
+        );
+        assert_eq!(
+            (bucket(&pending, 10.0), bucket(&pending, 30.0)),
+            (Some(0), Some(1))
+        );
+        let running = histogram("RUNNING", "Running");
+        assert_eq!(
+            (running.get_sample_count(), running.get_sample_sum()),
+            (1, 60.0)
+        );
+        assert_eq!(
+            (bucket(&running, 30.0), bucket(&running, 60.0)),
+            (Some(0), Some(1))
+        );
+
+        let active = sample(
+            &families,
+            "prefect_flow_runs_active",
+            &[("state_type", "PENDING")],
+        )
+        .unwrap();
+        assert_eq!(active.get_gauge().get_value(), 2.0);
+
+        let query = ResourceQuery {
+            kind: RunKind::FlowRun,
+            state_type: Some(Pending),
+            state_name: None,
+            older_than: Some(85 * crate::timestamp::SECOND),
+            limit: 100,
+        };
+        let stuck = ResourceList::build(&p.shared(), &query, now);
+        assert_eq!(stuck.total_matching, 1);
+        assert_eq!(
+            stuck.resources[0].id,
+            "prefect.flow-run.00000000-0000-4000-8000-000000000001"
+        );
+        assert_eq!(stuck.resources[0].state.age_seconds, 90.0);
+        let query = ResourceQuery {
+            older_than: Some(60 * crate::timestamp::SECOND),
+            ..query
+        };
+        let both: Vec<String> = ResourceList::build(&p.shared(), &query, now)
+            .resources
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            both,
+            vec![
+                "prefect.flow-run.00000000-0000-4000-8000-000000000001",
+                "prefect.flow-run.00000000-0000-4000-8000-000000000002"
+            ],
+            "oldest first"
+        );
+    }
+}

@@ -243,54 +243,11 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::Arc;
 
     use super::*;
-    use crate::event::{RunKind, StateKey, StateType};
-    use crate::timestamp::SECOND;
+    use crate::event::{RunKind, StateType};
 
-    fn pipeline() -> Pipeline {
-        Pipeline::new(PipelineConfig {
-            state: StateConfig {
-                track_task_runs: false,
-                terminal_retention: 3600 * SECOND,
-                max_series: 100,
-                group_by: vec![],
-            },
-            dedup_window: 1800 * SECOND,
-            dedup_capacity: 1000,
-        })
-    }
-
-    fn ts(second: u32) -> String {
-        format!("2026-11-25T01:00:{second:02}Z")
-    }
-
-    fn key(ty: StateType) -> StateKey {
-        StateKey {
-            ty,
-            name: Arc::from(ty.default_name()),
-        }
-    }
-
-    /// A state event of run `run` at second `at` (of 01:00), `from` -> `to`.
-    fn frame(id: u32, run: u32, at: u32, from: Option<StateType>, to: StateType) -> Vec<u8> {
-        let from = match from {
-            Some(f) => format!(
-                r#"{{"type":"{}","name":"{}"}}"#,
-                f.as_str(),
-                f.default_name()
-            ),
-            None => "null".to_owned(),
-        };
-        format!(
-            r#"{{"id":"00000000-0000-7000-8000-{id:012}","event":"prefect.flow-run.{name}","occurred":"{t}","resource":{{"prefect.resource.id":"prefect.flow-run.00000000-0000-4000-8000-{run:012}","prefect.state-type":"{ty}","prefect.state-name":"{name}"}},"payload":{{"initial_state":{from},"validated_state":{{"type":"{ty}","name":"{name}"}}}}}}"#,
-            name = to.default_name(),
-            t = ts(at),
-            ty = to.as_str(),
-        )
-        .into_bytes()
-    }
+    use crate::test_support::{frame, key, pipeline, ts};
 
     fn with_baseline(p: &Pipeline, at_second: u32, totals: &[(StateType, i64)]) {
         let shared = p.shared();
