@@ -21,6 +21,9 @@ export PREFECT_EXPORTER_TEST_PYTHON
 step "cargo test"
 cargo test
 
+step "operations artefacts: alert rules (promtool check/test rules) and the Grafana dashboard"
+bash scripts/check-ops.sh
+
 step "cargo build --release"
 cargo build --release
 
