@@ -244,11 +244,14 @@ pub struct ReplaySummary {
 }
 
 impl ReplaySummary {
-    /// The one-line throughput summary.
+    /// The one-line throughput summary (with the peak RSS where the OS reports it).
     pub fn line(&self, events: u64) -> String {
         let seconds = self.elapsed.as_secs_f64().max(1e-9);
+        let rss = peak_rss_mb()
+            .map(|mb| format!(", peak RSS {mb:.0} MB"))
+            .unwrap_or_default();
         format!(
-            "replayed {} lines ({:.1} MB, {} events) in {:.3} s: {:.0} events/s, {:.1} MB/s",
+            "replayed {} lines ({:.1} MB, {} events) in {:.3} s: {:.0} events/s, {:.1} MB/s{rss}",
             self.load.lines,
             self.load.bytes as f64 / 1e6,
             events,
@@ -257,6 +260,14 @@ impl ReplaySummary {
             self.load.bytes as f64 / 1e6 / seconds,
         )
     }
+}
+
+/// Peak resident memory of this process in MB (`VmHWM` on Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// `replay`: processes the files and returns the output to print and the summary line.

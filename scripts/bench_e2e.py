@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""End-to-end load measurements of prefect-events-exporter (see README "Measured").
+
+Run: `bash scripts/bench-e2e.sh` (builds the release binary and the pinned Python env).
+Every server binds 127.0.0.1; every loop is bounded in count and time.
+
+Measures, printing one `RESULT name value unit` line each:
+  1. websocket ingest: `run` subscribed to `serve-replay --rate max` of a large unique stream
+     (the main recording copied with fresh UUIDs): events/s end to end, CPU s per 1M events;
+  2. Prefect's own Python `get_events_subscriber` counting states into a dict, same stream;
+  3. event delay p50/p99 at a steady 1,000 events/s (the exporter's delay histogram);
+  4. `/metrics` scrape time at 10,000 series while ingesting;
+  5. peak RSS of `replay` holding 1,000,000 tracked runs and 4,000,000 dedup ids.
+"""
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = ROOT / "replay-data" / "prefect-3.9.1-main.jsonl"
+UUID = re.compile(rb"[0-9a-f]{8}(?=-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def result(name, value, unit):
+    print(f"RESULT {name} {value} {unit}", flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+def wait_http(url, seconds=30):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            get(url, 1)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} did not answer within {seconds} s")
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def distinct_frames():
+    seen, frames = set(), []
+    for line in MAIN.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        frame = json.loads(line)
+        if frame.get("type") == "event" and frame["event"]["id"] not in seen:
+            seen.add(frame["event"]["id"])
+            frames.append(line)
+    return frames
+
+
+def make_stream(path, copies):
+    """The main recording `copies` times, every UUID's first 8 hex digits XORed per copy."""
+    frames = distinct_frames()
+    count = 0
+    with open(path, "wb") as out:
+        for copy in range(copies):
+            for frame in frames:
+                out.write(UUID.sub(lambda m: b"%08x" % (int(m.group(0), 16) ^ copy), frame) + b"\n")
+                count += 1
+    return count
+
+
+class Proc:
+    def __init__(self, args, **kw):
+        self.p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+
+    def stop(self):
+        self.p.terminate()
+        try:
+            self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+def serve(binary, path, *args):
+    port = free_port()
+    proc = Proc([binary, "serve-replay", str(path), "--listen", f"127.0.0.1:{port}", *args])
+    wait_http(f"http://127.0.0.1:{port}/api/health")
+    return proc, f"http://127.0.0.1:{port}/api"
+
+
+def stored_events(api):
+    body = json.dumps({"filter": {"occurred": {"since": "2000-01-01T00:00:00Z", "until": "2100-01-01T00:00:00Z"},
+                                  "event": {"prefix": ["prefect.flow-run.", "prefect.task-run."]}},
+                       "time_unit": "day", "time_interval": 1.0}).encode()
+    req = urllib.request.Request(f"{api}/events/count-by/event", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return sum(c["count"] for c in json.load(r))
+
+
+def wait_released(api, expected, seconds=300):
+    deadline = time.monotonic() + seconds
+    while stored_events(api) < expected:
+        if time.monotonic() > deadline:
+            raise SystemExit("serve-replay did not release the stream in time")
+        time.sleep(0.5)
+
+
+def exporter(binary, api, *args):
+    port = free_port()
+    proc = Proc([binary, "run", "--prefect-api-url", api, "--listen", f"127.0.0.1:{port}", "--task-runs",
+                 "--verify-interval", "0", "--reconcile-interval", "0", *args])
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def received(base):
+    return json.loads(get(f"{base}/api/v1/counts"))["events"]["received"]
+
+
+def bench_ws(binary, stream, expected):
+    server, api = serve(binary, stream, "--rate", "max")
+    try:
+        wait_released(api, expected)
+        started = time.monotonic()
+        proc, base = exporter(binary, api, "--no-bootstrap")
+        try:
+            cpu0 = cpu_seconds(proc.p.pid)
+            deadline = started + 600
+            while received(base) < expected and time.monotonic() < deadline:
+                time.sleep(0.02)
+            elapsed = time.monotonic() - started
+            got = received(base)
+            cpu = cpu_seconds(proc.p.pid) - cpu0
+        finally:
+            proc.stop()
+    finally:
+        server.stop()
+    result("ws_ingest_events_per_s", round(got / elapsed), "events/s")
+    result("ws_cpu_seconds_per_million_events", round(cpu / got * 1e6, 2), "s")
+    return got / elapsed
+
+
+SUBSCRIBER = r"""
+import asyncio, collections, sys, time
+from prefect.events.clients import get_events_subscriber
+from prefect.events.filters import EventFilter, EventNameFilter
+async def main(expected):
+    counts = collections.Counter()
+    n = 0
+    start = time.monotonic()
+    f = EventFilter(event=EventNameFilter(prefix=["prefect.flow-run.", "prefect.task-run."]))
+    async with get_events_subscriber(filter=f) as sub:
+        async for event in sub:
+            n += 1
+            counts[event.resource.get("prefect.state-type", "")] += 1
+            if n >= expected:
+                break
+    print(n / (time.monotonic() - start))
+asyncio.run(main(int(sys.argv[1])))
+"""
+
+
+def bench_python(python, binary, stream, expected):
+    server, api = serve(binary, stream, "--rate", "max")
+    try:
+        wait_released(api, expected)
+        env = dict(os.environ, PREFECT_API_URL=api, PREFECT_HOME=tempfile.mkdtemp(), PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED="false")
+        started = time.monotonic()
+        out = subprocess.run([python, "-c", SUBSCRIBER, str(expected)], env=env, capture_output=True, text=True, timeout=900)
+        elapsed = time.monotonic() - started
+        if out.returncode != 0:
+            raise SystemExit(out.stderr[-2000:])
+    finally:
+        server.stop()
+    rate = expected / elapsed
+    result("python_subscriber_events_per_s", round(rate), "events/s")
+    return rate
+
+
+def quantile(buckets, total, q):
+    for bound, cumulative in buckets:
+        if cumulative >= q * total:
+            return bound
+    return float("inf")
+
+
+def bench_delay(binary, stream, seconds):
+    server, api = serve(binary, stream, "--rate", "1000")
+    try:
+        proc, base = exporter(binary, api)
+        try:
+            time.sleep(seconds)
+            text = get(f"{base}/metrics").decode()
+        finally:
+            proc.stop()
+    finally:
+        server.stop()
+    buckets = [(float(m.group(1)), int(float(m.group(2)))) for m in
+               re.finditer(r'^prefect_exporter_event_delay_seconds_bucket\{le="([0-9.e+]+)"\} (\S+)$', text, re.M)]
+    total = int(float(re.search(r"^prefect_exporter_event_delay_seconds_count (\S+)$", text, re.M).group(1)))
+    result("delay_p50_at_1000_per_s_upper_bound", quantile(buckets, total, 0.5), "s")
+    result("delay_p99_at_1000_per_s_upper_bound", quantile(buckets, total, 0.99), "s")
+
+
+def make_series_stream(path, deployments):
+    with open(path, "w") as out:
+        for i in range(deployments):
+            rid = f"prefect.flow-run.00000000-0000-4000-8000-{i:012x}"
+            event = {"id": f"00000000-0000-7000-9000-{i:012x}", "event": "prefect.flow-run.Pending",
+                     "occurred": "2026-11-25T01:00:00.000001Z",
+                     "resource": {"prefect.resource.id": rid, "prefect.state-type": "PENDING", "prefect.state-name": "Pending"},
+                     "related": [{"prefect.resource.id": f"prefect.deployment.{i}", "prefect.resource.role": "deployment",
+                                  "prefect.resource.name": f"deployment-{i}"}],
+                     "payload": {"initial_state": None, "validated_state": {"type": "PENDING", "name": "Pending"}}}
+            out.write(json.dumps({"type": "event", "event": event}) + "\n")
+
+
+def bench_scrape(binary, series_file, stream):
+    """10,000 deployments give 10,000 entry and 10,000 active series; scrape while a stream is applied."""
+    server, api = serve(binary, stream, "--rate", "2000")
+    port = free_port()
+    proc = Proc([binary, "run", "--replay", str(series_file), "--listen", f"127.0.0.1:{port}", "--group-by", "deployment"])
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/readyz")
+    live, live_base = exporter(binary, api, "--group-by", "deployment")
+    try:
+        times = []
+        for _ in range(30):
+            start = time.monotonic()
+            body = get(f"{base}/metrics")
+            times.append(time.monotonic() - start)
+            get(f"{live_base}/metrics")
+        series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
+    finally:
+        live.stop()
+        proc.stop()
+        server.stop()
+    result("metrics_series", series, "series")
+    result("metrics_scrape_median_ms", round(statistics.median(times) * 1000, 2), "ms")
+    result("metrics_scrape_max_ms", round(max(times) * 1000, 2), "ms")
+
+
+GENERATOR = r"""
+import sys
+runs, per_run = int(sys.argv[1]), int(sys.argv[2])
+states = [("PENDING", "Pending", "null"), ("RUNNING", "Running", '{"type":"PENDING","name":"Pending"}'),
+          ("COMPLETED", "Completed", '{"type":"RUNNING","name":"Running"}'), ("COMPLETED", "Completed", '{"type":"COMPLETED","name":"Completed"}')]
+w = sys.stdout.write
+for r in range(runs):
+    sec = r * 1200 // runs
+    ts = "2026-11-25T01:%02d:%02d.%06dZ" % (sec // 60, sec % 60, r % 1000000)
+    for k in range(per_run):
+        t, n, f = states[k]
+        w('{"id":"%08x-0000-7000-8000-%012x","event":"prefect.flow-run.%s","occurred":"%s","resource":{"prefect.resource.id":"prefect.flow-run.%08x-0000-4000-8000-000000000000","prefect.state-type":"%s","prefect.state-name":"%s"},"payload":{"initial_state":%s,"validated_state":{"type":"%s","name":"%s"}}}\n' % (k, r, n, ts, r, t, n, f, t, n))
+"""
+
+
+def bench_memory(binary, runs, per_run):
+    gen = subprocess.Popen([sys.executable, "-c", GENERATOR, str(runs), str(per_run)], stdout=subprocess.PIPE)
+    out = subprocess.run([binary, "replay", "/dev/stdin", "--dedup-capacity", str(runs * per_run)], stdin=gen.stdout,
+                         capture_output=True, text=True, timeout=1800)
+    gen.wait()
+    summary = out.stderr.strip().splitlines()[-1]
+    counts = json.loads(out.stdout)
+    rss = float(re.search(r"peak RSS (\d+) MB", summary).group(1))
+    result("replay_summary", json.dumps(summary), "")
+    result("memory_tracked_runs", counts["flow_runs"]["total"], "runs")
+    result("memory_events", counts["events"]["received"], "events")
+    result("memory_peak_rss_mb", rss, "MB")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--bin", required=True)
+    parser.add_argument("--python", required=True)
+    parser.add_argument("--copies", type=int, default=25)
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        stream = Path(tmp) / "stream.jsonl"
+        total = make_stream(stream, args.copies)
+        with open(stream, "rb") as f:
+            expected = sum(1 for line in f if b'"event":"prefect.flow-run.' in line or b'"event":"prefect.task-run.' in line
+                           or b'"event": "prefect.flow-run.' in line or b'"event": "prefect.task-run.' in line)
+        result("stream_events", total, "events")
+        result("stream_run_events", expected, "events")
+        ours = bench_ws(args.bin, stream, expected)
+        theirs = bench_python(args.python, args.bin, stream, expected)
+        result("ratio_exporter_to_python_subscriber", round(ours / theirs, 1), "x")
+        bench_delay(args.bin, stream, 20)
+        series = Path(tmp) / "series.jsonl"
+        make_series_stream(series, 10_000)
+        bench_scrape(args.bin, series, stream)
+        bench_memory(args.bin, args.runs, 4)
+
+
+if __name__ == "__main__":
+    main()
