@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::prefect_api::PrefectApi;
 use crate::state::Shared;
@@ -34,11 +34,16 @@ pub struct RepairBatch {
 pub enum WindowResult {
     /// Held events equal stored events.
     Match,
-    /// Equal after re-fetching; this many events were new.
-    Repaired(u64),
-    /// Still different, or the check itself failed.
-    Failed,
+    /// Equal after re-fetching the window.
+    Repaired,
+    /// Still different (often: the server has not persisted all its events yet), or the
+    /// check itself failed; the window is checked again.
+    Differs,
 }
+
+/// How many times a differing window is checked again (at each interval) before it counts
+/// as failed; it is still checked once more in the second pass.
+const RETRIES: u32 = 20;
 
 /// Settings of verification.
 #[derive(Clone, Debug)]
@@ -91,14 +96,15 @@ impl Verifier {
         }
     }
 
-    /// Checks `[from, to)` (whole seconds) and repairs it if needed.
+    /// Checks `[from, to)` (whole seconds) and repairs it if needed. Events the repair
+    /// applied for the first time are counted as repaired whatever the result.
     pub async fn check(&self, from: Micros, to: Micros) -> WindowResult {
         let (held, prefixes) = self.held(from, to);
         let stored = match self.api.count_events_by_name(from, to - 1, &prefixes).await {
             Ok(stored) => without_zeros(stored),
             Err(e) => {
                 warn!(error = %e, "Could not count stored events for verification.");
-                return WindowResult::Failed;
+                return WindowResult::Differs;
             }
         };
         if stored == held {
@@ -108,7 +114,7 @@ impl Verifier {
             .iter()
             .map(|(k, n)| n.saturating_sub(held.get(k).copied().unwrap_or(0)))
             .sum();
-        info!(from = %format_rfc3339(from), to = %format_rfc3339(to), missing, "Events missing from a window; re-fetching it.");
+        debug!(from = %format_rfc3339(from), to = %format_rfc3339(to), missing, "A window differs from the server; re-fetching it.");
         let mut events = Vec::new();
         if let Err(e) = self
             .api
@@ -116,7 +122,7 @@ impl Verifier {
             .await
         {
             warn!(error = %e, "Could not re-fetch a window's events.");
-            return WindowResult::Failed;
+            return WindowResult::Differs;
         }
         let (done, answer) = oneshot::channel();
         if self
@@ -125,15 +131,30 @@ impl Verifier {
             .await
             .is_err()
         {
-            return WindowResult::Failed;
+            return WindowResult::Differs;
         }
         let new = answer.await.unwrap_or(0);
+        self.shared.counts.lock().checks.events_repaired += new;
         let (held, _) = self.held(from, to);
         if held == stored {
-            WindowResult::Repaired(new)
+            WindowResult::Repaired
         } else {
-            warn!(from = %format_rfc3339(from), to = %format_rfc3339(to), repaired = new, "A window still differs from the server after repair.");
-            WindowResult::Failed
+            let differences: Vec<String> = stored
+                .keys()
+                .chain(held.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .filter(|k| stored.get(*k) != held.get(*k))
+                .map(|k| {
+                    format!(
+                        "{k}: server {} held {}",
+                        stored.get(k).copied().unwrap_or(0),
+                        held.get(k).copied().unwrap_or(0)
+                    )
+                })
+                .collect();
+            debug!(from = %format_rfc3339(from), to = %format_rfc3339(to), repaired = new, differences = %differences.join(", "), "A window still differs from the server after repair; checking it again later.");
+            WindowResult::Differs
         }
     }
 
@@ -142,18 +163,18 @@ impl Verifier {
         let checks = &mut counts.checks;
         match result {
             WindowResult::Match => checks.windows_match += 1,
-            WindowResult::Repaired(n) => {
-                checks.windows_repaired += 1;
-                checks.events_repaired += n;
-            }
-            WindowResult::Failed => checks.windows_failed += 1,
+            WindowResult::Repaired => checks.windows_repaired += 1,
+            WindowResult::Differs => checks.windows_failed += 1,
         }
     }
 
     /// Verifies windows from `start` on, every interval, until `shutdown`; notifies
-    /// `repaired` after a repair so the totals are reconciled promptly.
+    /// `repaired` after a repair so the totals are reconciled promptly. A window that still
+    /// differs is checked again at the next intervals (the server persists events in batches
+    /// and can lag behind the stream under load) before it counts as failed.
     pub async fn run(&self, start: Micros, repaired: Arc<Notify>, shutdown: CancellationToken) {
         let mut next_from = start.div_euclid(SECOND) * SECOND;
+        let mut pending: VecDeque<(Micros, Micros, u32)> = VecDeque::new();
         let mut second_pass: VecDeque<(Instant, Micros, Micros)> = VecDeque::new();
         loop {
             tokio::select! {
@@ -161,17 +182,30 @@ impl Verifier {
                 () = tokio::time::sleep(self.config.interval) => {}
             }
             let to = (now_micros() - self.config.settle).div_euclid(SECOND) * SECOND;
-            let mut any_repair = false;
             if to > next_from {
-                let result = self.check(next_from, to).await;
-                any_repair |= matches!(result, WindowResult::Repaired(n) if n > 0);
-                self.record(&result);
+                pending.push_back((next_from, to, 0));
                 second_pass.push_back((
                     Instant::now() + self.config.second_pass_after,
                     next_from,
                     to,
                 ));
                 next_from = to;
+            }
+            let mut any_repair = false;
+            for _ in 0..pending.len() {
+                let Some((from, to, attempts)) = pending.pop_front() else {
+                    break;
+                };
+                let result = self.check(from, to).await;
+                any_repair |= result == WindowResult::Repaired;
+                if result == WindowResult::Differs && attempts + 1 < RETRIES {
+                    pending.push_back((from, to, attempts + 1));
+                    continue;
+                }
+                if result == WindowResult::Differs {
+                    warn!(from = %format_rfc3339(from), to = %format_rfc3339(to), "A window still differs from the server's stored events after repeated repairs.");
+                }
+                self.record(&result);
             }
             while second_pass
                 .front()
@@ -180,8 +214,16 @@ impl Verifier {
                 let Some((_, from, to)) = second_pass.pop_front() else {
                     break;
                 };
+                if pending.iter().any(|(f, _, _)| *f == from) {
+                    second_pass.push_back((
+                        Instant::now() + self.config.second_pass_after,
+                        from,
+                        to,
+                    ));
+                    continue;
+                }
                 let result = self.check(from, to).await;
-                any_repair |= matches!(result, WindowResult::Repaired(n) if n > 0);
+                any_repair |= result == WindowResult::Repaired;
                 self.record(&result);
                 if let Some(ledger) = self.shared.counts.lock().ledger.as_mut() {
                     ledger.prune(to);
