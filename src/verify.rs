@@ -45,6 +45,17 @@ pub enum WindowResult {
 /// as failed; it is still checked once more in the second pass.
 const RETRIES: u32 = 20;
 
+/// When a window that had events is checked again after its first check (then once more
+/// after the configured second pass): Prefect's persister can lag the stream by tens of
+/// seconds under load. Empty windows (a quiet system) skip these, so the healthy case costs
+/// one small query per interval.
+const EARLY_RECHECKS: [Duration; 4] = [
+    Duration::from_secs(10),
+    Duration::from_secs(20),
+    Duration::from_secs(40),
+    Duration::from_secs(90),
+];
+
 /// Settings of verification.
 #[derive(Clone, Debug)]
 pub struct VerifyConfig {
@@ -169,13 +180,19 @@ impl Verifier {
     }
 
     /// Verifies windows from `start` on, every interval, until `shutdown`; notifies
-    /// `repaired` after a repair so the totals are reconciled promptly. A window that still
-    /// differs is checked again at the next intervals (the server persists events in batches
-    /// and can lag behind the stream under load) before it counts as failed.
+    /// `repaired` after a repair so the totals are reconciled promptly.
+    ///
+    /// Under load Prefect persists events tens of seconds behind the live stream, so a window
+    /// can look right while both sides still miss the same events, or differ while the server
+    /// catches up. So a differing window is checked again at each interval (up to
+    /// [`RETRIES`] times) before it counts as failed, and every window is checked again
+    /// [`EARLY_RECHECKS`] after its first check and once more after `second_pass_after`.
     pub async fn run(&self, start: Micros, repaired: Arc<Notify>, shutdown: CancellationToken) {
         let mut next_from = start.div_euclid(SECOND) * SECOND;
         let mut pending: VecDeque<(Micros, Micros, u32)> = VecDeque::new();
-        let mut second_pass: VecDeque<(Instant, Micros, Micros)> = VecDeque::new();
+        let mut later: Vec<(Instant, Micros, Micros, usize)> = Vec::new();
+        let mut recheck_after: Vec<Duration> = EARLY_RECHECKS.to_vec();
+        recheck_after.push(self.config.second_pass_after);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -184,11 +201,6 @@ impl Verifier {
             let to = (now_micros() - self.config.settle).div_euclid(SECOND) * SECOND;
             if to > next_from {
                 pending.push_back((next_from, to, 0));
-                second_pass.push_back((
-                    Instant::now() + self.config.second_pass_after,
-                    next_from,
-                    to,
-                ));
                 next_from = to;
             }
             let mut any_repair = false;
@@ -206,27 +218,30 @@ impl Verifier {
                     warn!(from = %format_rfc3339(from), to = %format_rfc3339(to), "A window still differs from the server's stored events after repeated repairs.");
                 }
                 self.record(&result);
-            }
-            while second_pass
-                .front()
-                .is_some_and(|(due, _, _)| *due <= Instant::now())
-            {
-                let Some((_, from, to)) = second_pass.pop_front() else {
-                    break;
+                let had_events = !self.held(from, to).0.is_empty();
+                let pass = if had_events {
+                    0
+                } else {
+                    recheck_after.len() - 1
                 };
-                if pending.iter().any(|(f, _, _)| *f == from) {
-                    second_pass.push_back((
-                        Instant::now() + self.config.second_pass_after,
-                        from,
-                        to,
-                    ));
-                    continue;
-                }
+                later.push((Instant::now() + recheck_after[pass], from, to, pass));
+            }
+            let now = Instant::now();
+            let (due, waiting): (Vec<_>, Vec<_>) = later.drain(..).partition(|(at, from, _, _)| {
+                *at <= now && !pending.iter().any(|(f, _, _)| f == from)
+            });
+            later = waiting;
+            for (_, from, to, pass) in due {
                 let result = self.check(from, to).await;
                 any_repair |= result == WindowResult::Repaired;
                 self.record(&result);
-                if let Some(ledger) = self.shared.counts.lock().ledger.as_mut() {
-                    ledger.prune(to);
+                match recheck_after.get(pass + 1) {
+                    Some(after) => later.push((Instant::now() + *after, from, to, pass + 1)),
+                    None => {
+                        if let Some(ledger) = self.shared.counts.lock().ledger.as_mut() {
+                            ledger.prune(to);
+                        }
+                    }
                 }
             }
             if any_repair {

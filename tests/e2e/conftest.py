@@ -20,6 +20,8 @@ import pytest
 
 from support import (
     PROCS,
+    SUMMARY,
+    artifacts,
     PYTHON,
     Exporter,
     PrefectServer,
@@ -30,14 +32,6 @@ from support import (
     stop_process,
     tail,
 )
-
-
-def artifacts(request) -> list:
-    """Things whose logs are attached to the test's report when it fails."""
-    node = request.node
-    if not hasattr(node, "e2e_artifacts"):
-        node.e2e_artifacts = []
-    return node.e2e_artifacts
 
 
 @pytest.fixture(scope="session")
@@ -173,3 +167,10 @@ def pytest_runtest_makereport(item, call):
             except Exception as exc:  # never hide the real failure
                 title, text = repr(art), f"<describe failed: {exc!r}>"
             rep.sections.append((title, text))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SUMMARY:
+        terminalreporter.section("e2e results")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)

@@ -41,9 +41,26 @@ FLOW_RUN_PREFIX = "prefect.flow-run."
 TASK_RUN_PREFIX = "prefect.task-run."
 
 
+SUMMARY: list[str] = []
+
+
+def summary(line: str) -> None:
+    """A result line printed now and again in pytest's terminal summary (even without -s)."""
+    SUMMARY.append(line)
+    print(line, flush=True)
+
+
 def log(msg: str) -> None:
     """Progress line (visible with -s; also kept in the captured output on failure)."""
     print(f"[e2e {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def artifacts(request) -> list:
+    """Things whose logs are attached to the test's report when it fails."""
+    node = request.node
+    if not hasattr(node, "e2e_artifacts"):
+        node.e2e_artifacts = []
+    return node.e2e_artifacts
 
 
 # ------------------------------------------------------------------ processes
@@ -102,12 +119,6 @@ def stop_process(proc: subprocess.Popen, timeout: float = 15, sig: int = signal.
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-    else:
-        # The leader exited; make sure nothing it left in its group lingers.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     return proc.returncode
 
 
@@ -391,11 +402,12 @@ class PrefectServer:
         )
 
     def stop(self, timeout: float = 30) -> Optional[float]:
-        if self.proc is None:
+        if self.proc is None or self.proc.returncode is not None:
             return None
         t0 = time.monotonic()
         stop_process(self.proc, timeout=timeout)
         took = time.monotonic() - t0
+        # uvicorn shuts down gracefully on SIGTERM, then re-raises it: rc -15 is normal.
         log(f"server {self.name} stopped in {took:.1f} s (rc {self.proc.returncode})")
         return took
 
@@ -463,7 +475,7 @@ class Workload:
         self.poll()
 
     def describe(self) -> tuple[str, str]:
-        return (f"workload {self.name} {' '.join(self.args)} (rc {self.proc.returncode})", self.output(30))
+        return (f"workload {self.name} {' '.join(self.args)} (rc {self.proc.returncode})", self.output(15))
 
 
 
@@ -716,22 +728,21 @@ def wait_until_equal(
     interval: float = 1.0,
     context: Callable[[], str] = lambda: "",
 ) -> tuple[Any, float]:
-    """Poll until exporter == server; the server's answer is read before and after the
-    exporter's and must be the same both times (so a moving target never matches by luck).
-    Returns (value, seconds waited). Fails with the last diff at the deadline."""
+    """Poll until exporter == server. A match counts only if the server's answer is the same
+    when read again right after (so a moving target never matches by luck). Returns (value,
+    seconds waited). Fails with the last diff at the deadline."""
     t0 = time.monotonic()
     deadline = t0 + timeout
     last_diff: list[str] = ["(never compared)"]
     for _ in range(max(1, int(timeout / interval) + 5)):
-        before = get_expected()
         actual = get_actual()
-        after = get_expected()
-        if before != after:
-            last_diff = ["server truth changed during the comparison (not quiescent yet)"] + diff(before, after)
-        else:
-            last_diff = diff(actual, after)
-            if not last_diff:
+        expected = get_expected()
+        last_diff = diff(actual, expected)
+        if not last_diff:
+            again = get_expected()
+            if again == expected:
                 return actual, time.monotonic() - t0
+            last_diff = ["server truth changed during the comparison (not quiescent yet)"] + diff(expected, again)
         if time.monotonic() >= deadline:
             break
         time.sleep(interval)
@@ -758,8 +769,9 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
-def wait_quiescent(server: PrefectServer, kinds: Iterable[str], settle: float = 3.0, timeout: float = 120) -> dict:
-    """REST truth (and stored state-event counts) unchanged over `settle` seconds."""
+def wait_quiescent(server: PrefectServer, kinds: Iterable[str], settle: float = 6.0, timeout: float = 120) -> dict:
+    """REST truth and stored state-event counts unchanged over `settle` seconds (longer than
+    the server's event persister flush interval, 5 s, so no flush can hide in between)."""
     kinds = list(kinds)
     deadline = time.monotonic() + timeout
     prev = truth_view(server, kinds, entries=True)

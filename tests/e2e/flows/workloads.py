@@ -6,9 +6,11 @@ the flows end Failed on purpose; any other exit code is a harness error.
 
     python workloads.py mixed              completed, failed, flow retry, task retry, subflows
     python workloads.py simple --flows N --tasks M --sleep S
-    python workloads.py burst --tasks N    one flow with N tasks submitted together
-    python workloads.py serve --name NAME  serve the `victim` flow as deployment
-                                           `victim/NAME` until SIGTERM
+    python workloads.py steady --tasks N --gap S   one flow, N tasks in sequence, S s apart
+    python workloads.py burst --tasks N    one flow with N tasks submitted together (with
+                                           --ready-file/--go-file: a start barrier)
+    python workloads.py serve --name NAME  serve the `e2e-victim` flow as deployment
+                                           `e2e-victim/NAME` until SIGTERM
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def boom() -> None:
 
 @task(retries=2, retry_delay_seconds=1)
 def flaky_task() -> str:
-    # Fails on its first attempt only: AwaitingRetry -> Retrying -> Completed.
+    # Fails on its first attempt only: Running -> AwaitingRetry -> Retrying -> Completed.
+    # (With retry_delay_seconds=0 Prefect skips AwaitingRetry and goes straight to Retrying.)
     if runtime_task_run.run_count <= 1:
         raise RuntimeError("first attempt fails on purpose")
     return "ok"
@@ -67,7 +70,8 @@ def failed_flow() -> None:
 
 @flow(name="e2e-flow-retry", retries=1, retry_delay_seconds=1)
 def flow_retry_flow() -> str:
-    # Fails on its first run only: flow run AwaitingRetry -> Retrying -> Completed.
+    # Fails on its first run only: Running -> AwaitingRetry -> Running -> Completed (a flow's
+    # second attempt is named "Running", not "Retrying"; with a 0 s delay as well).
     add(2, 2)
     if runtime_flow_run.run_count <= 1:
         raise RuntimeError("first flow attempt fails on purpose")
@@ -101,6 +105,16 @@ def simple_flow(tasks: int, sleep: float) -> int:
     if sleep:
         time.sleep(sleep)
     return sum(f.result() for f in futures)
+
+
+@flow(name="e2e-steady")
+def steady_flow(tasks: int, gap: float) -> int:
+    """Tasks one after another with a pause between them: a run that spans a server restart."""
+    total = 0
+    for i in range(tasks):
+        total += tiny(i)
+        time.sleep(gap)
+    return total
 
 
 @flow(name="e2e-burst")
@@ -160,6 +174,12 @@ def cmd_simple(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_steady(args: argparse.Namespace) -> int:
+    state = steady_flow(args.tasks, args.gap, return_state=True)
+    print(f"WORKLOAD steady {state.type.value} {state.name}", flush=True)
+    return 0 if state.type.value == "COMPLETED" else 3
+
+
 def wait_for_go(ready_file: str, go_file: str, timeout: float = 120.0) -> None:
     """Barrier: announce readiness (imports done), then wait for the test's go signal."""
     if ready_file:
@@ -206,6 +226,9 @@ def main() -> int:
     p.add_argument("--flows", type=int, default=1)
     p.add_argument("--tasks", type=int, default=3)
     p.add_argument("--sleep", type=float, default=0.0)
+    p = sub.add_parser("steady")
+    p.add_argument("--tasks", type=int, default=10)
+    p.add_argument("--gap", type=float, default=1.0)
     p = sub.add_parser("burst")
     p.add_argument("--tasks", type=int, default=150)
     p.add_argument("--ready-file", default="")
@@ -216,6 +239,7 @@ def main() -> int:
     return {
         "mixed": cmd_mixed,
         "simple": cmd_simple,
+        "steady": cmd_steady,
         "burst": cmd_burst,
         "serve": cmd_serve,
     }[args.cmd](args)
