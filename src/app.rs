@@ -126,6 +126,19 @@ pub fn load_files(
     Ok(summary)
 }
 
+/// Binds a TCP listener and returns it with the address it got (port 0 picks a free one).
+pub async fn bind(
+    listen: std::net::SocketAddr,
+) -> Result<(TcpListener, std::net::SocketAddr), AppError> {
+    let http_error = |source| AppError::Http {
+        addr: listen.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(listen).await.map_err(http_error)?;
+    let local = listener.local_addr().map_err(http_error)?;
+    Ok((listener, local))
+}
+
 /// The HTTP side of `run`: bound, serving until the shutdown token is cancelled.
 pub struct HttpService {
     /// Where it listens.
@@ -150,17 +163,8 @@ impl HttpService {
             metrics,
             clock,
         });
+        let (listener, local) = bind(listen).await?;
         let addr = listen.to_string();
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| AppError::Http {
-                addr: addr.clone(),
-                source,
-            })?;
-        let local = listener.local_addr().map_err(|source| AppError::Http {
-            addr: addr.clone(),
-            source,
-        })?;
         info!(listen = %local, "Serving HTTP.");
         let handle = tokio::spawn(serve_api(listener, state, shutdown));
         Ok(HttpService {

@@ -18,7 +18,6 @@ use hyper::header::{
     UPGRADE,
 };
 use hyper::{Request, Response, StatusCode};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -129,16 +128,7 @@ pub async fn run(args: ServeReplayArgs, shutdown: CancellationToken) -> Result<(
         message,
     })?;
     let addr = args.listen.to_string();
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| AppError::Http {
-            addr: addr.clone(),
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| AppError::Http {
-        addr: addr.clone(),
-        source,
-    })?;
+    let (listener, local) = crate::app::bind(args.listen).await?;
     let auth_string = args
         .auth_string
         .as_ref()
