@@ -18,6 +18,7 @@ use crate::decode::RejectReason;
 use crate::exposition::{encode, Format};
 use crate::http::{serve_api, AppState};
 use crate::metrics::{wall_clock, Metrics};
+use crate::persist::{Opened, Snapshotter};
 use crate::pipeline::Pipeline;
 use crate::report::CountsReport;
 use crate::source::replay::{Line, LineReader};
@@ -65,6 +66,33 @@ impl AppError {
         match self {
             AppError::Config { .. } => 2,
             _ => 1,
+        }
+    }
+}
+
+/// Opens `--state-file` (when given) into a fresh `pipeline`: an unusable file is a
+/// configuration error (exit 2).
+pub fn open_state(
+    args: &RunArgs,
+    pipeline: &mut Pipeline,
+) -> Result<Option<(Snapshotter, Opened)>, AppError> {
+    let Some(path) = &args.state_file else {
+        return Ok(None);
+    };
+    crate::persist::open(path, args.discard_bad_state, pipeline)
+        .map(Some)
+        .map_err(|e| AppError::Config {
+            flag: "--state-file",
+            message: e.to_string(),
+        })
+}
+
+/// Writes the state file a last time at shutdown (logging a failure).
+pub async fn final_snapshot(snapshotter: Option<&Snapshotter>, pipeline: &mut Pipeline) {
+    if let Some(snapshotter) = snapshotter {
+        match snapshotter.flush(pipeline).await {
+            Ok(bytes) => info!(bytes, "State file written at shutdown."),
+            Err(e) => error!(error = %e, "Could not write the state file at shutdown."),
         }
     }
 }
@@ -197,6 +225,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     }
     check_readable("--replay", &args.replay)?;
     let mut pipeline = Pipeline::new(args.engine.pipeline_config());
+    let snapshotter = open_state(&args, &mut pipeline)?.map(|(s, _)| s);
     let status = Arc::new(Status::new());
     status.require("replay", "loading replay files");
     let http = HttpService::start(
@@ -232,7 +261,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
 
     let served = http.finish().await;
     // The loader checks the token between batches; give it a moment to stop.
-    let _ = tokio::time::timeout(Duration::from_secs(5), loader).await;
+    if let Ok(Ok(mut pipeline)) = tokio::time::timeout(Duration::from_secs(5), loader).await {
+        final_snapshot(snapshotter.as_ref(), &mut pipeline).await;
+    }
     served?;
     info!("Stopped.");
     Ok(())

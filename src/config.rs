@@ -299,6 +299,26 @@ pub struct RunArgs {
     #[arg(long, env = "PREFECT_EXPORTER_NO_BOOTSTRAP")]
     pub no_bootstrap: bool,
 
+    /// Keep counters, tracked runs, the dedup window and the resume point in this file:
+    /// loaded at start (counters continue, the stream resumes from the saved point), written
+    /// atomically every `--snapshot-interval` and at shutdown.
+    #[arg(long, env = "PREFECT_EXPORTER_STATE_FILE", value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
+
+    /// How often the state file is written.
+    #[arg(long, env = "PREFECT_EXPORTER_SNAPSHOT_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
+    pub snapshot_interval: Duration,
+
+    /// Start fresh when the state file is corrupt, truncated, from a newer release or
+    /// written with other settings (it is moved aside to `PATH.discarded`), instead of
+    /// refusing to start.
+    #[arg(
+        long,
+        env = "PREFECT_EXPORTER_DISCARD_BAD_STATE",
+        requires = "state_file"
+    )]
+    pub discard_bad_state: bool,
+
     /// The server (ignored with `--replay`).
     #[command(flatten)]
     pub server: ServerArgs,
@@ -380,6 +400,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Ok(Duration::ZERO);
     }
     humantime::parse_duration(text.trim()).map_err(|e| format!("{e} (examples: 15s, 10m, 1h)"))
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("must be longer than 0".to_owned()),
+        d => Ok(d),
+    }
 }
 
 /// A duration in microseconds, saturating.

@@ -3,7 +3,8 @@
 //! Ids are kept while their `occurred` is within the window of the newest `occurred` seen
 //! (event time, not wall time, so a replay of old recordings behaves like the live stream),
 //! up to a hard capacity; the oldest go first. Ids are 128-bit integers in a hash set, and the
-//! eviction order is kept in one `Vec` of ids per second of `occurred`.
+//! eviction order is kept in [`IdBuckets`]: one `Vec` of ids per second of `occurred`.
+//! [`IdBuckets`] alone (without the set) is what the state file keeps and replays.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -17,11 +18,7 @@ pub type IdHasher = foldhash::fast::RandomState;
 #[derive(Debug)]
 pub struct Dedup {
     ids: HashSet<u128, IdHasher>,
-    by_second: BTreeMap<i64, Vec<u128>>,
-    window: Micros,
-    capacity: usize,
-    newest: Option<Micros>,
-    evicted_by_capacity: u64,
+    buckets: IdBuckets,
 }
 
 /// What [`Dedup::check_and_insert`] found.
@@ -36,14 +33,16 @@ pub enum Seen {
 impl Dedup {
     /// An empty window of `window` event-time micros holding at most `capacity` ids.
     pub fn new(window: Micros, capacity: usize) -> Dedup {
-        Dedup {
-            ids: HashSet::with_hasher(IdHasher::default()),
-            by_second: BTreeMap::new(),
-            window,
-            capacity: capacity.max(1),
-            newest: None,
-            evicted_by_capacity: 0,
+        Dedup::from_buckets(IdBuckets::new(window, capacity))
+    }
+
+    /// A window holding the ids of `buckets` (restored from a state file).
+    pub fn from_buckets(buckets: IdBuckets) -> Dedup {
+        let mut ids = HashSet::with_capacity_and_hasher(buckets.len(), IdHasher::default());
+        for (_, bucket) in buckets.iter() {
+            ids.extend(bucket.iter().copied());
         }
+        Dedup { ids, buckets }
     }
 
     /// Remembers `id` (occurred at `occurred`) and says whether it was new.
@@ -51,17 +50,10 @@ impl Dedup {
         if !self.ids.insert(id.0) {
             return Seen::Duplicate;
         }
-        self.by_second
-            .entry(occurred.div_euclid(SECOND))
-            .or_default()
-            .push(id.0);
-        if self.newest.is_none_or(|n| occurred > n) {
-            self.newest = Some(occurred);
-            self.evict_expired();
-        }
-        if self.ids.len() > self.capacity {
-            self.evict_oldest(self.ids.len() - self.capacity);
-        }
+        let ids = &mut self.ids;
+        self.buckets.push(id.0, occurred, |old| {
+            ids.remove(&old);
+        });
         Seen::New
     }
 
@@ -82,7 +74,82 @@ impl Dedup {
 
     /// Ids dropped because the window was full (not because they aged out).
     pub fn evicted_by_capacity(&self) -> u64 {
-        self.evicted_by_capacity
+        self.buckets.evicted_by_capacity
+    }
+
+    /// The newest `occurred` seen.
+    pub fn newest(&self) -> Option<Micros> {
+        self.buckets.newest
+    }
+}
+
+/// The ids of a window in eviction order: per second of `occurred`, in insertion order.
+///
+/// Pushing the same ids in the same order into two `IdBuckets` leaves both identical, which
+/// lets the state-file writer keep a copy of the window from the ids the pipeline admitted.
+#[derive(Clone, Debug)]
+pub struct IdBuckets {
+    by_second: BTreeMap<i64, Vec<u128>>,
+    len: usize,
+    window: Micros,
+    capacity: usize,
+    newest: Option<Micros>,
+    evicted_by_capacity: u64,
+}
+
+impl IdBuckets {
+    /// No ids, for a window of `window` event-time micros and at most `capacity` ids.
+    pub fn new(window: Micros, capacity: usize) -> IdBuckets {
+        IdBuckets {
+            by_second: BTreeMap::new(),
+            len: 0,
+            window,
+            capacity: capacity.max(1),
+            newest: None,
+            evicted_by_capacity: 0,
+        }
+    }
+
+    /// Rebuilds a window from its parts (a state file), then applies this window's own
+    /// limits, in case they are smaller than the ones it was saved with.
+    pub fn from_parts(
+        window: Micros,
+        capacity: usize,
+        newest: Option<Micros>,
+        evicted_by_capacity: u64,
+        by_second: BTreeMap<i64, Vec<u128>>,
+    ) -> IdBuckets {
+        let mut buckets = IdBuckets::new(window, capacity);
+        buckets.len = by_second.values().map(Vec::len).sum();
+        buckets.by_second = by_second;
+        buckets.newest = newest;
+        buckets.evicted_by_capacity = evicted_by_capacity;
+        buckets.evict(true, |_| {});
+        buckets
+    }
+
+    /// Appends an id not yet in the window; `evicted` hears every id that leaves.
+    pub fn push(&mut self, id: u128, occurred: Micros, evicted: impl FnMut(u128)) {
+        self.by_second
+            .entry(occurred.div_euclid(SECOND))
+            .or_default()
+            .push(id);
+        self.len += 1;
+        let expire = self.newest.is_none_or(|n| occurred > n);
+        if expire {
+            self.newest = Some(occurred);
+        }
+        self.evict(expire, evicted);
+    }
+
+    /// How many ids are held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// The newest `occurred` seen.
@@ -90,30 +157,39 @@ impl Dedup {
         self.newest
     }
 
-    fn evict_expired(&mut self) {
-        let Some(newest) = self.newest else { return };
-        let cutoff_second = (newest - self.window).div_euclid(SECOND);
-        while let Some(entry) = self.by_second.first_entry() {
-            if *entry.key() >= cutoff_second {
-                break;
-            }
-            for id in entry.remove() {
-                self.ids.remove(&id);
-            }
-        }
+    /// Ids dropped because the window was full.
+    pub fn evicted_by_capacity(&self) -> u64 {
+        self.evicted_by_capacity
     }
 
-    fn evict_oldest(&mut self, mut count: usize) {
-        while count > 0 {
+    /// The buckets, oldest second first.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, &[u128])> + '_ {
+        self.by_second.iter().map(|(s, ids)| (*s, ids.as_slice()))
+    }
+
+    /// Drops ids past the capacity and, when `expire`, ids older than the window.
+    fn evict(&mut self, expire: bool, mut evicted: impl FnMut(u128)) {
+        if let Some(newest) = self.newest.filter(|_| expire) {
+            let cutoff_second = (newest - self.window).div_euclid(SECOND);
+            while let Some(entry) = self.by_second.first_entry() {
+                if *entry.key() >= cutoff_second {
+                    break;
+                }
+                let bucket = entry.remove();
+                self.len -= bucket.len();
+                bucket.into_iter().for_each(&mut evicted);
+            }
+        }
+        while self.len > self.capacity {
             let Some(mut entry) = self.by_second.first_entry() else {
                 return;
             };
             let bucket = entry.get_mut();
-            while count > 0 {
+            while self.len > self.capacity {
                 let Some(id) = bucket.pop() else { break };
-                self.ids.remove(&id);
+                evicted(id);
+                self.len -= 1;
                 self.evicted_by_capacity += 1;
-                count -= 1;
             }
             if bucket.is_empty() {
                 entry.remove();

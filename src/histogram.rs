@@ -21,6 +21,27 @@ impl Histogram {
         }
     }
 
+    /// A histogram over `bounds` with saved bucket counts (not cumulative), sum and count;
+    /// `None` when the bucket count does not fit the bounds.
+    pub fn from_parts(
+        bounds: &'static [f64],
+        buckets: Vec<u64>,
+        sum: f64,
+        count: u64,
+    ) -> Option<Histogram> {
+        (buckets.len() == bounds.len() + 1).then(|| Histogram {
+            bounds,
+            buckets: buckets.into_boxed_slice(),
+            sum,
+            count,
+        })
+    }
+
+    /// Per-bucket counts (not cumulative), the last one for `+Inf`.
+    pub fn buckets(&self) -> &[u64] {
+        &self.buckets
+    }
+
     /// Records one value.
     pub fn observe(&mut self, value: f64) {
         let slot = self

@@ -101,6 +101,11 @@ impl StateNames {
     pub fn folded(&self) -> u64 {
         self.folded
     }
+
+    /// Sets the folded count (restoring a state file).
+    pub fn set_folded(&mut self, folded: u64) {
+        self.folded = folded;
+    }
 }
 
 /// A dimension of `--group-by`: a related resource whose name becomes a label.
@@ -148,6 +153,9 @@ impl GroupBy {
 /// The index of a label set in a [`SeriesTable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesId(pub u32);
+
+/// One group-by label set: a value per dimension.
+pub type LabelSet = Arc<[Arc<str>]>;
 
 /// Group-by label sets, each stored once, capped at `--max-series`.
 #[derive(Debug)]
@@ -204,6 +212,41 @@ impl SeriesTable {
         self.folded
     }
 
+    /// The label sets in id order, and the id of the [`OTHER`] set if it exists.
+    pub fn sets(&self) -> (&[LabelSet], Option<SeriesId>) {
+        (&self.sets, self.other)
+    }
+
+    /// Rebuilds a table from saved label sets (same ids, same order) and its folded count.
+    /// `None` when a set does not match the dimensions or `other` is out of range.
+    pub fn restore(
+        dims: Vec<GroupBy>,
+        cap: usize,
+        sets: Vec<Vec<String>>,
+        other: Option<u32>,
+        folded: u64,
+    ) -> Option<SeriesTable> {
+        let mut table = SeriesTable::new(dims, cap);
+        if other.is_some_and(|o| o as usize >= sets.len()) {
+            return None;
+        }
+        for (i, values) in sets.into_iter().enumerate() {
+            if values.len() != table.dims.len() {
+                return None;
+            }
+            let set: Arc<[Arc<str>]> = values.iter().map(|v| table.strings.share(v)).collect();
+            let id = SeriesId(u32::try_from(i).ok()?);
+            if other != Some(id.0) {
+                let hash = table.hash_values(set.iter().map(AsRef::as_ref));
+                table.index.entry(hash).or_default().push(id);
+            }
+            table.sets.push(set);
+        }
+        table.other = other.map(SeriesId);
+        table.folded = folded;
+        Some(table)
+    }
+
     /// The label set of a run with these related names.
     pub fn id_for(&mut self, related: &RelatedNames<'_>) -> SeriesId {
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -225,13 +268,7 @@ impl SeriesTable {
                 GroupBy::Tag => scratch.as_str(),
             }
         };
-        let hash = {
-            let mut hasher = self.hasher.build_hasher();
-            for &dim in &self.dims {
-                value(dim).hash(&mut hasher);
-            }
-            hasher.finish()
-        };
+        let hash = self.hash_values(self.dims.iter().map(|&d| value(d)));
         if let Some(candidates) = self.index.get(&hash) {
             for &id in candidates {
                 let set = &self.sets[id.0 as usize];
@@ -257,6 +294,14 @@ impl SeriesTable {
         self.sets.push(set);
         self.index.entry(hash).or_default().push(id);
         id
+    }
+
+    fn hash_values<'v>(&self, values: impl Iterator<Item = &'v str>) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        for value in values {
+            value.hash(&mut hasher);
+        }
+        hasher.finish()
     }
 
     fn other_id(&mut self) -> SeriesId {

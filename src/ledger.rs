@@ -22,6 +22,19 @@ impl Ledger {
         }
     }
 
+    /// A ledger of `prefixes` holding saved per-second counts.
+    pub fn from_seconds(
+        prefixes: Vec<&'static str>,
+        seconds: BTreeMap<i64, HashMap<Box<str>, u32>>,
+    ) -> Ledger {
+        Ledger { prefixes, seconds }
+    }
+
+    /// The per-second counts, oldest first.
+    pub fn seconds(&self) -> &BTreeMap<i64, HashMap<Box<str>, u32>> {
+        &self.seconds
+    }
+
     /// The prefixes it counts.
     pub fn prefixes(&self) -> &[&'static str] {
         &self.prefixes

@@ -20,6 +20,7 @@
 //! - [`report`], [`query`]: the JSON API documents and parameters.
 //! - [`metrics`], [`exposition`]: every metric's definition; text and OpenMetrics output.
 //! - [`http`], [`status`]: the server and the readiness it reports.
+//! - [`persist`]: the state file that carries counts across restarts.
 //! - [`config`], [`app`]: flags, and the wiring of the commands.
 
 pub mod app;
@@ -35,6 +36,7 @@ pub mod labels;
 pub mod ledger;
 pub mod live;
 pub mod metrics;
+pub mod persist;
 pub mod pipeline;
 pub mod prefect_api;
 pub mod query;

@@ -17,10 +17,13 @@ use tracing::{error, info, warn};
 use crate::app::{AppError, HttpService};
 use crate::config::RunArgs;
 use crate::event::{RunKind, StateType};
+use crate::persist::Snapshotter;
 use crate::pipeline::Pipeline;
 use crate::prefect_api::{ApiError, NameFilter, PrefectApi};
 use crate::reconcile::Reconciler;
-use crate::source::ws::{self, StreamError, StreamObserver, WsConfig, RESUME_OVERLAP};
+use crate::source::ws::{
+    self, StreamError, StreamObserver, WsConfig, RESUME_OVERLAP, SERVER_BACKFILL,
+};
 use crate::state::Shared;
 use crate::status::Status;
 use crate::timestamp::{now_micros, Micros};
@@ -154,18 +157,28 @@ async fn seed_runs(api: &PrefectApi, pipeline: &mut Pipeline, kinds: &[RunKind])
     }
 }
 
-/// Applies frames and repairs until both channels close or `shutdown`.
+/// Applies frames and repairs until both channels close or `shutdown`, handing changes to
+/// the state-file writer every `snapshot_every` and a last time before it returns.
 async fn pipeline_task(
     mut pipeline: Pipeline,
     mut frames: mpsc::Receiver<Bytes>,
     mut repairs: mpsc::Receiver<RepairBatch>,
+    snapshotter: Option<Snapshotter>,
+    snapshot_every: Duration,
     shutdown: CancellationToken,
 ) {
     let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH);
+    let mut snapshots = crate::persist::interval(snapshot_every);
+    snapshots.reset();
     loop {
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
+            _ = snapshots.tick(), if snapshotter.is_some() => {
+                if let Some(snapshotter) = &snapshotter {
+                    snapshotter.snapshot(&mut pipeline);
+                }
+            }
             Some(repair) = repairs.recv() => {
                 let mut new = 0;
                 {
@@ -180,12 +193,13 @@ async fn pipeline_task(
             }
             received = frames.recv_many(&mut batch, BATCH) => {
                 if received == 0 {
-                    return;
+                    break;
                 }
                 pipeline.ingest_batch(batch.drain(..));
             }
         }
     }
+    crate::app::final_snapshot(snapshotter.as_ref(), &mut pipeline).await;
 }
 
 /// `run` against a Prefect server.
@@ -200,13 +214,19 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     let config = args.engine.pipeline_config();
     let prefixes = prefixes(config.state.track_task_runs);
     let mut pipeline = Pipeline::new(config);
+    let (snapshotter, restored) = match crate::app::open_state(&args, &mut pipeline)? {
+        Some((snapshotter, opened)) => (Some(snapshotter), opened.resume),
+        None => (None, None),
+    };
     pipeline.enable_ledger(prefixes.clone());
     let shared = pipeline.shared();
     let kinds: Vec<RunKind> = shared.kinds().collect();
 
+    // A restored state file carries the baseline and the counts: no new baseline.
+    let bootstrap_now = !args.no_bootstrap && restored.is_none();
     let status = Arc::new(Status::new());
     status.require("stream", "connecting to the events stream");
-    if !args.no_bootstrap {
+    if bootstrap_now {
         status.require("baseline", "taking the REST baseline");
     }
     let http = HttpService::start(
@@ -219,8 +239,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
 
     let reconcile_now = Arc::new(Notify::new());
     let reconciler = Reconciler::new(api.clone(), shared.clone(), RECONCILE_SETTLE);
-    let start = now_micros();
-    if !args.no_bootstrap {
+    let start = restored.unwrap_or_else(now_micros);
+    if let Some(resume) = restored {
+        if now_micros() - resume > SERVER_BACKFILL {
+            warn!("The state file is older than the server's 15-minute backfill; the gap is closed by verification and reconciliation.");
+            reconcile_now.notify_one();
+        }
+    }
+    if bootstrap_now {
         if !bootstrap(&reconciler, &status, &shutdown).await {
             return http.finish().await;
         }
@@ -236,6 +262,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         pipeline,
         frame_rx,
         repair_rx,
+        snapshotter,
+        args.snapshot_interval,
         shutdown.clone(),
     ));
 
@@ -275,13 +303,16 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     }
 
     let served = http.finish().await;
-    if tokio::time::timeout(Duration::from_secs(5), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
+    // The pipeline task writes the state file on its way out: give a big one time.
+    let grace = Duration::from_secs(if args.state_file.is_some() { 60 } else { 5 });
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
     {
-        warn!("Background tasks did not stop within 5 s; exiting anyway.");
+        warn!(
+            seconds = grace.as_secs(),
+            "Background tasks did not stop in time; exiting anyway."
+        );
     }
     served?;
     info!("Stopped.");

@@ -51,21 +51,66 @@ impl Outcome {
 /// The ingestion pipeline.
 #[derive(Debug)]
 pub struct Pipeline {
+    config: PipelineConfig,
     shared: Arc<Shared>,
     dedup: Dedup,
     tracker: Tracker,
     reject_log: RateLimit,
+    admitted: Option<Vec<(u128, Micros)>>,
 }
 
 impl Pipeline {
     /// A pipeline with empty state.
     pub fn new(config: PipelineConfig) -> Pipeline {
-        let tracker = Tracker::new(config.state);
+        let tracker = Tracker::new(config.state.clone());
         Pipeline {
             shared: tracker.shared().clone(),
             dedup: Dedup::new(config.dedup_window, config.dedup_capacity),
             tracker,
             reject_log: RateLimit::new(Duration::from_secs(10)),
+            admitted: None,
+            config,
+        }
+    }
+
+    /// Back to empty state (a state file that could not be restored).
+    pub fn reset(&mut self) {
+        *self = Pipeline::new(self.config.clone());
+    }
+
+    /// The dedup window's limits: event-time micros and ids.
+    pub fn dedup_limits(&self) -> (Micros, usize) {
+        (self.config.dedup_window, self.config.dedup_capacity)
+    }
+
+    /// The state layer, for restoring a state file.
+    pub fn tracker_mut(&mut self) -> &mut Tracker {
+        &mut self.tracker
+    }
+
+    /// Replaces the dedup window (restoring a state file).
+    pub fn replace_dedup(&mut self, dedup: Dedup) {
+        self.dedup = dedup;
+    }
+
+    /// Starts remembering what changes, for [`Pipeline::take_changes`].
+    pub fn journal(&mut self) {
+        self.tracker.journal();
+        self.admitted.get_or_insert_with(Vec::new);
+    }
+
+    /// What changed since the last call: a copy of the aggregates, of the changed runs, and
+    /// the ids admitted. Costs time in proportion to the changes, not to the state.
+    pub fn take_changes(&mut self) -> crate::persist::mirror::Changes {
+        let counts = self.shared.counts.lock();
+        crate::persist::mirror::Changes {
+            aggregates: crate::persist::mirror::Aggregates::copy(&counts),
+            runs: self.tracker.take_dirty(),
+            admitted: self
+                .admitted
+                .as_mut()
+                .map(std::mem::take)
+                .unwrap_or_default(),
         }
     }
 
@@ -82,12 +127,15 @@ impl Pipeline {
             dedup,
             tracker,
             reject_log,
+            admitted,
+            ..
         } = self;
         Batch {
             counts: shared.counts.lock(),
             dedup,
             tracker,
             reject_log,
+            admitted: admitted.as_mut(),
             now: now_micros(),
         }
     }
@@ -104,9 +152,13 @@ impl Pipeline {
         }
     }
 
-    /// Turns on the verification ledger for event names with these prefixes.
+    /// Turns on the verification ledger for event names with these prefixes (keeping one
+    /// restored from a state file).
     pub fn enable_ledger(&mut self, prefixes: Vec<&'static str>) {
-        self.shared.counts.lock().ledger = Some(crate::ledger::Ledger::new(prefixes));
+        let mut counts = self.shared.counts.lock();
+        if counts.ledger.is_none() {
+            counts.ledger = Some(crate::ledger::Ledger::new(prefixes));
+        }
     }
 
     /// Starts tracking a run known from the REST baseline (no event seen yet), unless it is
@@ -133,6 +185,7 @@ pub struct Batch<'p> {
     dedup: &'p mut Dedup,
     tracker: &'p mut Tracker,
     reject_log: &'p mut RateLimit,
+    admitted: Option<&'p mut Vec<(u128, Micros)>>,
     now: Micros,
 }
 
@@ -159,6 +212,9 @@ impl Batch<'_> {
         if self.dedup.check_and_insert(event.id, event.occurred) == Seen::Duplicate {
             counts.events.duplicates += 1;
             return Outcome::Duplicate;
+        }
+        if let Some(admitted) = self.admitted.as_mut() {
+            admitted.push((event.id.0, event.occurred));
         }
         if let Some(ledger) = counts.ledger.as_mut() {
             ledger.record(&event.name, event.occurred);

@@ -12,7 +12,7 @@
 //! self-transition, counted apart and never as an entry.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -424,7 +424,12 @@ pub struct Tracker {
     strings: Interner,
     config: StateConfig,
     retention: VecDeque<(Micros, RunKind, RunKey)>,
+    dirty: Option<HashSet<(RunKind, RunKey), foldhash::fast::RandomState>>,
 }
+
+/// A run's record as it changed since the last [`Tracker::take_dirty`]: `None` when it was
+/// dropped.
+pub type DirtyRun = (RunKind, RunKey, Option<RunRecord>);
 
 impl Tracker {
     /// A tracker with empty state.
@@ -449,6 +454,66 @@ impl Tracker {
             strings: Interner::new(config.max_series.saturating_mul(4)),
             config,
             retention: VecDeque::new(),
+            dirty: None,
+        }
+    }
+
+    /// Starts remembering which runs change, for [`Tracker::take_dirty`] (the state file).
+    pub fn journal(&mut self) {
+        self.dirty.get_or_insert_with(Default::default);
+    }
+
+    /// Copies of the runs changed since the last call (cheap: only those runs are cloned).
+    pub fn take_dirty(&mut self) -> Vec<DirtyRun> {
+        let Some(dirty) = self.dirty.as_mut() else {
+            return Vec::new();
+        };
+        dirty
+            .drain()
+            .map(|(kind, key)| {
+                let record = self.shared.tables[kind.index()]
+                    .runs
+                    .get(&key)
+                    .map(|r| r.clone());
+                (kind, key, record)
+            })
+            .collect()
+    }
+
+    /// The state-name table and the label-string interner, for rebuilding records.
+    pub fn interners(&mut self) -> (&mut StateNames, &mut Interner) {
+        (&mut self.names, &mut self.strings)
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &StateConfig {
+        &self.config
+    }
+
+    /// State events whose state name was folded into `__other__`.
+    pub fn names_folded(&self) -> u64 {
+        self.names.folded()
+    }
+
+    /// Replaces everything with restored aggregates and runs (a state file), and rebuilds the
+    /// retention queue from the terminal runs.
+    pub fn install(&mut self, counts: Counts, runs: Vec<(RunKind, RunKey, RunRecord)>) {
+        let mut retention: Vec<(Micros, RunKind, RunKey)> = Vec::new();
+        for (kind, key, record) in runs {
+            if record.state.ty.is_terminal() {
+                retention.push((record.last_occurred, kind, key));
+            }
+            self.shared.tables[kind.index()].runs.insert(key, record);
+        }
+        retention.sort_unstable_by_key(|&(at, kind, key)| (at, kind.index(), key));
+        self.retention = retention.into();
+        self.names.set_folded(counts.events.folded_state_names);
+        *self.shared.counts.lock() = counts;
+    }
+
+    fn mark(&mut self, kind: RunKind, key: RunKey) {
+        if let Some(dirty) = self.dirty.as_mut() {
+            dirty.insert((kind, key));
         }
     }
 
@@ -493,6 +558,7 @@ impl Tracker {
         }
 
         let (key, canonical) = run_key(kind, &event.resource_id);
+        self.mark(kind, key);
         let transition = RecentTransition {
             from: from.clone(),
             to: to.clone(),
@@ -616,6 +682,9 @@ impl Tracker {
         let Entry::Vacant(vacant) = table.runs.entry(key) else {
             return;
         };
+        if let Some(dirty) = self.dirty.as_mut() {
+            dirty.insert((kind, key));
+        }
         let state = self.names.key(run.state_type, &run.state_name);
         let at = run.state_timestamp.unwrap_or(now);
         let related = RelatedNames {
@@ -669,6 +738,7 @@ impl Tracker {
             });
             if removed.is_some() {
                 counts.events.runs_retired += 1;
+                self.mark(kind, key);
             } else if let Some(last) = newer {
                 self.retention.push_back((last, kind, key));
             }

@@ -2,7 +2,7 @@
 
 use crate::support::{replay_data, run_to_end};
 
-fn one_line_error(args: &[&str], flag: &str) {
+pub fn one_line_error(args: &[&str], flag: &str) {
     let output = run_to_end(args);
     assert_eq!(output.status.code(), Some(2), "{args:?}");
     let stderr = String::from_utf8(output.stderr).unwrap();

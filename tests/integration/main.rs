@@ -5,4 +5,5 @@ mod flags;
 mod http_api;
 mod replay_files;
 mod serve_replay;
+mod state_file;
 mod support;

@@ -78,7 +78,7 @@ pub fn assert_matches_expected(actual: &Value, expected: &Value, what: &str) {
     }
 }
 
-/// A `run --replay` process serving HTTP; killed on drop.
+/// A `run --replay` process serving HTTP; killed with SIGKILL on drop.
 pub struct Service {
     child: Option<Child>,
     /// Where it listens.

@@ -1,0 +1,315 @@
+//! From a decoded state file back to live state: aggregates, run records, dedup window.
+//!
+//! Every index in the file is checked, so a file that passes its checksum but does not fit
+//! (written by a buggy build, or edited) is refused with a message instead of panicking.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::format::{HistogramV1, KindV1, RunV1, StateV1, StrV1};
+use crate::dedup::{Dedup, IdBuckets};
+use crate::event::{EventId, RunKind, StateKey, StateType};
+use crate::histogram::Histogram;
+use crate::labels::{SeriesId, SeriesTable};
+use crate::ledger::Ledger;
+use crate::pipeline::Pipeline;
+use crate::state::{
+    BaseAnchor, CheckCounts, Counts, EventCounts, KindCounts, RecentTransition, RunKey, RunLabels,
+    RunRecord, TransitionCount, DELAY_BUCKETS, DURATION_BUCKETS,
+};
+
+/// Resolves the file's table indexes.
+struct Tables {
+    states: Vec<StateKey>,
+    strings: Vec<Arc<str>>,
+    series: usize,
+}
+
+impl Tables {
+    fn state(&self, i: u32) -> Result<StateKey, String> {
+        self.states
+            .get(i as usize)
+            .cloned()
+            .ok_or_else(|| format!("state index {i} out of range"))
+    }
+
+    fn maybe_state(&self, i: Option<u32>) -> Result<Option<StateKey>, String> {
+        i.map(|i| self.state(i)).transpose()
+    }
+
+    fn series(&self, i: u32) -> Result<SeriesId, String> {
+        if (i as usize) < self.series.max(1) {
+            Ok(SeriesId(i))
+        } else {
+            Err(format!("label set index {i} out of range"))
+        }
+    }
+
+    fn string(&self, s: &StrV1, share: &mut crate::labels::Interner) -> Result<Arc<str>, String> {
+        match s {
+            StrV1::Table(i) => self
+                .strings
+                .get(*i as usize)
+                .cloned()
+                .ok_or_else(|| format!("string index {i} out of range")),
+            StrV1::Inline(text) => Ok(share.share(text)),
+        }
+    }
+}
+
+/// What [`restore`] hands to the writer's copy.
+pub struct Restored {
+    /// The dedup window's ids.
+    pub dedup: IdBuckets,
+    /// The run keys, in the order of the file's runs (per kind).
+    pub keys: [Vec<RunKey>; 2],
+}
+
+/// Installs the state of `loaded` into a fresh `pipeline`. The file's settings must match
+/// the pipeline's.
+pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, String> {
+    let (window, capacity) = pipeline.dedup_limits();
+    let tracker = pipeline.tracker_mut();
+    let config = tracker.config().clone();
+    if loaded.track_task_runs != config.track_task_runs {
+        return Err(format!(
+            "it was written {} --task-runs; start with the same setting or discard it",
+            if loaded.track_task_runs {
+                "with"
+            } else {
+                "without"
+            }
+        ));
+    }
+    let group_by: Vec<&str> = config.group_by.iter().map(|g| g.label()).collect();
+    if loaded.group_by != group_by {
+        return Err(format!(
+            "it was written with --group-by {:?}, not {:?}; start with the same setting or discard it",
+            loaded.group_by.join(","),
+            group_by.join(",")
+        ));
+    }
+
+    let (names, strings) = tracker.interners();
+    let mut states = Vec::with_capacity(loaded.states.len());
+    for (ty, name) in &loaded.states {
+        let ty = StateType::ALL
+            .get(usize::from(*ty))
+            .copied()
+            .ok_or_else(|| format!("unknown state type index {ty}"))?;
+        states.push(names.key(ty, name));
+    }
+    let tables = Tables {
+        states,
+        strings: loaded.strings.iter().map(|s| strings.share(s)).collect(),
+        series: loaded.counts.series.len(),
+    };
+
+    let mut runs = Vec::new();
+    let mut keys: [Vec<RunKey>; 2] = Default::default();
+    for (index, encoded) in loaded.runs.iter().enumerate() {
+        let kind = RunKind::ALL[index];
+        for bytes in encoded {
+            let run = super::format::decode_run(&bytes.0).map_err(|e| e.to_string())?;
+            let (key, record) = record(&tables, strings, run)?;
+            keys[index].push(key);
+            runs.push((kind, key, record));
+        }
+    }
+
+    let c = &loaded.counts;
+    let series = SeriesTable::restore(
+        config.group_by.clone(),
+        config.max_series,
+        c.series.clone(),
+        c.series_other,
+        c.series_folded,
+    )
+    .ok_or("label sets do not match --group-by")?;
+    let mut buckets = BTreeMap::new();
+    for (second, ids) in &loaded.dedup_buckets {
+        if ids.0.len() % 16 != 0 {
+            return Err("dedup bucket is not a whole number of ids".to_owned());
+        }
+        let ids: Vec<u128> = ids
+            .0
+            .chunks_exact(16)
+            .map(|b| u128::from_le_bytes(b.try_into().unwrap_or_default()))
+            .collect();
+        buckets.insert(*second, ids);
+    }
+    let buckets = IdBuckets::from_parts(
+        window,
+        capacity,
+        loaded.dedup_newest,
+        loaded.dedup_evicted,
+        buckets,
+    );
+
+    let e = &c.events;
+    let mut rejected = [0u64; crate::decode::RejectReason::ALL.len()];
+    for (slot, value) in rejected.iter_mut().zip(&e.rejected) {
+        *slot = *value;
+    }
+    let counts = Counts {
+        kinds: [kind(&tables, &c.kinds[0])?, kind(&tables, &c.kinds[1])?],
+        events: EventCounts {
+            state: e.state,
+            other: e.other,
+            duplicates: e.duplicates,
+            rejected,
+            self_transitions: e.self_transitions,
+            chain_gaps: e.chain_gaps,
+            last_occurred: e.last_occurred,
+            last_state_seen: None,
+            delay: histogram(&DELAY_BUCKETS, &e.delay)?,
+            dedup_ids: buckets.len() as u64,
+            dedup_evicted: buckets.evicted_by_capacity(),
+            runs_retired: e.runs_retired,
+            folded_state_names: e.folded_state_names,
+            folded_label_sets: e.folded_label_sets,
+        },
+        series,
+        baseline: c.baseline,
+        baseline_epoch: c.baseline_epoch,
+        ledger: c.ledger.as_ref().map(|seconds| {
+            let seconds = seconds
+                .iter()
+                .map(|(s, names)| {
+                    let names: HashMap<Box<str>, u32> =
+                        names.iter().map(|(n, c)| (n.as_str().into(), *c)).collect();
+                    (*s, names)
+                })
+                .collect();
+            Ledger::from_seconds(crate::live::prefixes(config.track_task_runs), seconds)
+        }),
+        checks: CheckCounts {
+            windows_match: c.checks.windows_match,
+            windows_repaired: c.checks.windows_repaired,
+            windows_failed: c.checks.windows_failed,
+            events_repaired: c.checks.events_repaired,
+            corrections: array(&c.checks.corrections),
+            last_drift: array(&c.checks.last_drift),
+            reconciliations: c.checks.reconciliations,
+            backfill_gaps: c.checks.backfill_gaps,
+        },
+    };
+    tracker.install(counts, runs);
+    pipeline.replace_dedup(Dedup::from_buckets(buckets.clone()));
+    Ok(Restored {
+        dedup: buckets,
+        keys,
+    })
+}
+
+fn array<T: Copy + Default, const N: usize>(values: &[T]) -> [T; N] {
+    let mut out = [T::default(); N];
+    for (slot, value) in out.iter_mut().zip(values) {
+        *slot = *value;
+    }
+    out
+}
+
+fn histogram(bounds: &'static [f64], h: &HistogramV1) -> Result<Histogram, String> {
+    Histogram::from_parts(bounds, h.buckets.clone(), h.sum, h.count)
+        .ok_or_else(|| "histogram buckets do not match".to_owned())
+}
+
+fn kind(t: &Tables, k: &KindV1) -> Result<KindCounts, String> {
+    let mut out = KindCounts::default();
+    for &(s, n) in &k.current {
+        out.current.insert(t.state(s)?, n);
+    }
+    for &(s, series, n) in &k.entries {
+        out.entries.insert((t.state(s)?, t.series(series)?), n);
+    }
+    if k.transitions.len() != 90 {
+        return Err("transition table has the wrong size".to_owned());
+    }
+    for (i, row) in out.transitions.iter_mut().enumerate() {
+        row.copy_from_slice(&k.transitions[i * 9..i * 9 + 9]);
+    }
+    for &(s, n) in &k.self_transitions {
+        out.self_transitions.insert(t.state(s)?, n);
+    }
+    for &(s, series, n) in &k.active {
+        out.active.insert((t.state(s)?, t.series(series)?), n);
+    }
+    for (s, h) in &k.durations {
+        out.durations
+            .insert(t.state(*s)?, histogram(&DURATION_BUCKETS, h)?);
+    }
+    Ok(out)
+}
+
+fn record(
+    t: &Tables,
+    strings: &mut crate::labels::Interner,
+    r: RunV1,
+) -> Result<(RunKey, RunRecord), String> {
+    let at = r.state_at;
+    let [flow, deployment, work_pool, work_queue] = &r.labels;
+    let mut label = |s: &Option<StrV1>| s.as_ref().map(|s| t.string(s, strings)).transpose();
+    let (flow, deployment, work_pool, work_queue) = (
+        label(flow)?,
+        label(deployment)?,
+        label(work_pool)?,
+        label(work_queue)?,
+    );
+    let tags = r
+        .tags
+        .iter()
+        .map(|s| t.string(s, strings))
+        .collect::<Result<_, _>>()?;
+    let labels = RunLabels {
+        flow,
+        deployment,
+        work_pool,
+        work_queue,
+        tags,
+    };
+    let transitions = r
+        .transitions
+        .iter()
+        .map(|&(from, to, count)| {
+            Ok(TransitionCount {
+                from: t.maybe_state(from)?,
+                to: t.state(to)?,
+                count,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let recent = r
+        .recent
+        .iter()
+        .map(|&(from, to, offset, event)| {
+            Ok(RecentTransition {
+                from: t.maybe_state(from)?,
+                to: t.state(to)?,
+                at: at + offset,
+                event: EventId(u128::from_le_bytes(event)),
+            })
+        })
+        .collect::<Result<VecDeque<_>, String>>()?;
+    let (epoch, base_offset, before, base_state) = r.base;
+    let record = RunRecord {
+        odd_id: r.odd_id.map(Into::into),
+        name: r.name.map(Into::into),
+        state: t.state(r.state)?,
+        since: at - r.since_before,
+        state_at: at,
+        state_event: EventId(u128::from_le_bytes(r.state_event)),
+        last_occurred: at + r.occurred_after,
+        series: t.series(r.series)?,
+        labels,
+        transitions,
+        recent,
+        base: BaseAnchor {
+            epoch,
+            at: at + base_offset,
+            before,
+            state: t.maybe_state(base_state)?,
+        },
+    };
+    Ok((u128::from_le_bytes(r.key), record))
+}

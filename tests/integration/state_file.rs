@@ -1,0 +1,225 @@
+//! `--state-file`: counts survive SIGKILL and SIGTERM restarts exactly, against a live
+//! stream from `serve-replay`; unusable files are refused (exit 2) or discarded on request.
+//!
+//! Ground truth: `replay` of the same recording in one uninterrupted pass, whose flow-run
+//! counts equal the server's REST truth (`prefect-3.9.1-main.expected.json`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::flags::one_line_error;
+use crate::support::{replay_data, replay_json, Service};
+
+const FIELDS: [&str; 5] = [
+    "total",
+    "by_state_type",
+    "by_state_name",
+    "entries_by_state_name",
+    "transitions",
+];
+
+fn main_file() -> String {
+    replay_data("prefect-3.9.1-main.jsonl")
+        .display()
+        .to_string()
+}
+
+/// The exporter against `api`, persisting to `state`, with no REST baseline, reconciliation
+/// or verification: only the stream and the state file can make the counts exact.
+fn exporter(api: &str, state: &Path) -> Service {
+    Service::start(&[
+        "--prefect-api-url",
+        api,
+        "--state-file",
+        state.to_str().unwrap(),
+        "--snapshot-interval",
+        "200ms",
+        "--no-bootstrap",
+        "--reconcile-interval",
+        "0",
+        "--verify-interval",
+        "0",
+    ])
+}
+
+fn received(service: &Service) -> u64 {
+    service.get("/api/v1/counts").json()["events"]["received"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Waits until `service`'s flow-run counts equal `expected`'s, then checks they stay so.
+fn assert_converges(service: &Service, expected: &Value, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        let counts = service.get("/api/v1/counts").json();
+        if FIELDS
+            .iter()
+            .all(|f| counts["flow_runs"][f] == expected["flow_runs"][f])
+        {
+            std::thread::sleep(Duration::from_secs(1));
+            let again = service.get("/api/v1/counts").json();
+            for f in FIELDS {
+                assert_eq!(
+                    again["flow_runs"][f], expected["flow_runs"][f],
+                    "{what}: flow_runs.{f} moved after matching"
+                );
+            }
+            return;
+        }
+        last = counts;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for f in FIELDS {
+        assert_eq!(
+            last["flow_runs"][f], expected["flow_runs"][f],
+            "{what}: flow_runs.{f}"
+        );
+    }
+}
+
+/// Plays the main recording over about 7 s, stops the exporter mid-stream with `stop`,
+/// restarts it on the same state file, and expects exactly the uninterrupted counts.
+fn restart_mid_stream(stop: impl FnOnce(Service)) {
+    let file = main_file();
+    let expected = replay_json(&[&file]);
+    assert_eq!(
+        expected["flow_runs"]["total"], 693,
+        "REST truth of the file"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("exporter.state");
+    let server = Service::serve_replay(&[&file], &["--rate", "750"]);
+    let api = server.api_url();
+
+    let first = exporter(&api, &state);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received(&first) < 1500 {
+        assert!(Instant::now() < deadline, "the stream did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Seen at least two snapshots before the stop: the restored counters reach it.
+    let floor = received(&first);
+    std::thread::sleep(Duration::from_millis(600));
+    let at_stop = received(&first);
+    assert!(
+        at_stop < 5238,
+        "stopped mid-stream ({at_stop} events so far)"
+    );
+    stop(first);
+    assert!(state.exists(), "a state file was written");
+
+    let second = exporter(&api, &state);
+    let restored = received(&second);
+    assert!(
+        restored >= floor,
+        "counters continue: {restored} events after restart, {floor} before"
+    );
+    assert_converges(&second, &expected, "after restart");
+}
+
+#[test]
+fn sigkill_mid_stream_then_restart_gives_exactly_the_uninterrupted_counts() {
+    restart_mid_stream(drop);
+}
+
+#[test]
+fn sigterm_mid_stream_then_restart_gives_exactly_the_uninterrupted_counts() {
+    restart_mid_stream(|service| assert!(service.terminate().success()));
+}
+
+/// A valid state file written by `run --replay` of a small recording.
+fn written_state(dir: &Path) -> (std::path::PathBuf, String) {
+    let file = replay_data("synthetic-out-of-order.jsonl")
+        .display()
+        .to_string();
+    let state = dir.join("good.state");
+    let service = Service::start(&["--replay", &file, "--state-file", state.to_str().unwrap()]);
+    assert!(service.terminate().success());
+    (state, file)
+}
+
+#[test]
+fn replay_restart_continues_counters_without_double_counting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, file) = written_state(dir.path());
+    let expected = replay_json(&[&file]);
+    let again = Service::start(&["--replay", &file, "--state-file", state.to_str().unwrap()]);
+    let counts = again.get("/api/v1/counts").json();
+    for f in FIELDS {
+        assert_eq!(counts["flow_runs"][f], expected["flow_runs"][f], "{f}");
+    }
+    let lines = expected["events"]["received"].as_u64().unwrap();
+    assert_eq!(counts["events"]["received"], 2 * lines, "counters continue");
+    assert_eq!(
+        counts["events"]["duplicates"].as_u64().unwrap(),
+        expected["events"]["duplicates"].as_u64().unwrap() + lines,
+        "every event of the second pass is a duplicate"
+    );
+}
+
+#[test]
+fn corrupt_or_truncated_state_files_are_refused_unless_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, file) = written_state(dir.path());
+    let bytes = std::fs::read(&state).unwrap();
+    let truncated = dir.path().join("truncated.state");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let corrupt = dir.path().join("corrupt.state");
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() / 2] ^= 0x5a;
+    std::fs::write(&corrupt, &flipped).unwrap();
+    let future = dir.path().join("future.state");
+    let mut newer = bytes.clone();
+    newer[8] = 99;
+    std::fs::write(&future, &newer).unwrap();
+
+    for (path, word) in [
+        (&truncated, "truncated"),
+        (&corrupt, "corrupt"),
+        (&future, "version 99"),
+    ] {
+        let path = path.to_str().unwrap();
+        one_line_error(
+            &[
+                "run",
+                "--replay",
+                &file,
+                "--listen",
+                "127.0.0.1:0",
+                "--state-file",
+                path,
+            ],
+            "--state-file",
+        );
+        let output = crate::support::run_to_end(&[
+            "run",
+            "--replay",
+            &file,
+            "--listen",
+            "127.0.0.1:0",
+            "--state-file",
+            path,
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(word), "{path}: {stderr}");
+        assert!(stderr.contains("--discard-bad-state"), "{stderr}");
+    }
+
+    // Discarded: starts fresh, counts like a first run, and the bad file is kept aside.
+    let expected = replay_json(&[&file]);
+    let fresh = Service::start(&[
+        "--replay",
+        &file,
+        "--state-file",
+        corrupt.to_str().unwrap(),
+        "--discard-bad-state",
+    ]);
+    let counts = fresh.get("/api/v1/counts").json();
+    assert_eq!(counts["flow_runs"], expected["flow_runs"]);
+    assert_eq!(counts["events"]["received"], expected["events"]["received"]);
+    assert!(corrupt.with_extension("discarded").exists());
+}
