@@ -242,6 +242,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         let started = Instant::now();
         match load_files(&mut pipeline, &files, Some(&loader_stop)) {
             Ok(summary) => {
+                if let Some(snapshotter) = &snapshotter {
+                    snapshotter.snapshot(&mut pipeline);
+                }
                 info!(
                     files = files.len(),
                     lines = summary.lines,
@@ -256,12 +259,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
                 status.require("replay", format!("replay failed: {e}"));
             }
         }
-        pipeline
+        (pipeline, snapshotter)
     });
 
     let served = http.finish().await;
     // The loader checks the token between batches; give it a moment to stop.
-    if let Ok(Ok(mut pipeline)) = tokio::time::timeout(Duration::from_secs(5), loader).await {
+    if let Ok(Ok((mut pipeline, snapshotter))) =
+        tokio::time::timeout(Duration::from_secs(5), loader).await
+    {
         final_snapshot(snapshotter.as_ref(), &mut pipeline).await;
     }
     served?;

@@ -161,6 +161,10 @@ struct ExporterDefs {
     drift: Def,
     reconciliations: Def,
     backfill_gaps: Def,
+    state_writes: Def,
+    state_bytes: Def,
+    state_write_seconds: Def,
+    state_pause_seconds: Def,
 }
 
 impl ExporterDefs {
@@ -281,10 +285,34 @@ impl ExporterDefs {
                 COUNTER,
                 &[],
             ),
+            state_writes: Def::new(
+                "prefect_exporter_state_file_writes_total",
+                "State-file writes, by result (ok or error); only with --state-file.",
+                COUNTER,
+                &["result"],
+            ),
+            state_bytes: Def::new(
+                "prefect_exporter_state_file_bytes",
+                "Size of the last state file written.",
+                GAUGE,
+                &[],
+            ),
+            state_write_seconds: Def::new(
+                "prefect_exporter_state_file_write_seconds",
+                "Duration of the last state-file write (on the writer thread, not the ingestion path).",
+                GAUGE,
+                &[],
+            ),
+            state_pause_seconds: Def::new(
+                "prefect_exporter_state_file_pause_seconds",
+                "How long ingestion paused to hand the last snapshot to the writer.",
+                GAUGE,
+                &[],
+            ),
         }
     }
 
-    fn all(&self) -> [&Def; 19] {
+    fn all(&self) -> [&Def; 23] {
         [
             &self.received,
             &self.duplicates,
@@ -305,6 +333,10 @@ impl ExporterDefs {
             &self.drift,
             &self.reconciliations,
             &self.backfill_gaps,
+            &self.state_writes,
+            &self.state_bytes,
+            &self.state_write_seconds,
+            &self.state_pause_seconds,
         ]
     }
 }
@@ -613,6 +645,25 @@ impl Collector for StateCollector {
             &e.backfill_gaps,
             [(vec![], counter(checks.backfill_gaps as f64))],
         ));
+        let persist = self.shared.persist.lock().clone();
+        if let Some(p) = persist {
+            out.push(family(
+                &e.state_writes,
+                [
+                    (vec!["ok".to_owned()], counter(p.writes_ok as f64)),
+                    (vec!["error".to_owned()], counter(p.writes_failed as f64)),
+                ],
+            ));
+            out.push(family(&e.state_bytes, [(vec![], gauge(p.bytes as f64))]));
+            out.push(family(
+                &e.state_write_seconds,
+                [(vec![], gauge(p.write_seconds))],
+            ));
+            out.push(family(
+                &e.state_pause_seconds,
+                [(vec![], gauge(p.pause_seconds))],
+            ));
+        }
         out
     }
 }

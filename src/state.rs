@@ -400,6 +400,23 @@ pub struct Shared {
     pub counts: Mutex<Counts>,
     /// Whether task runs are tracked.
     pub track_task_runs: bool,
+    /// State-file writes, when `--state-file` is on.
+    pub persist: Mutex<Option<PersistStats>>,
+}
+
+/// How the state file is doing (for metrics).
+#[derive(Clone, Debug, Default)]
+pub struct PersistStats {
+    /// Successful writes.
+    pub writes_ok: u64,
+    /// Failed writes.
+    pub writes_failed: u64,
+    /// Size of the last successful write.
+    pub bytes: u64,
+    /// Duration of the last write (off the ingestion path).
+    pub write_seconds: f64,
+    /// How long ingestion paused to hand over the last snapshot.
+    pub pause_seconds: f64,
 }
 
 impl Shared {
@@ -447,6 +464,7 @@ impl Tracker {
             tables: Default::default(),
             counts: Mutex::new(counts),
             track_task_runs: config.track_task_runs,
+            persist: Mutex::new(None),
         });
         Tracker {
             shared,

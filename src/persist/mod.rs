@@ -17,12 +17,13 @@ pub mod restore;
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 use crate::pipeline::Pipeline;
+use crate::state::{PersistStats, Shared};
 use crate::timestamp::{now_micros, Micros};
 use mirror::{Aggregates, Changes, Mirror};
 
@@ -121,7 +122,9 @@ pub fn open(
     };
     pipeline.journal();
     check_writable(path).map_err(|e| fail(format!("cannot write beside the state file: {e}")))?;
-    Ok((Snapshotter::start(path.to_owned(), mirror), opened))
+    let shared = pipeline.shared();
+    *shared.persist.lock() = Some(PersistStats::default());
+    Ok((Snapshotter::start(path.to_owned(), mirror, shared), opened))
 }
 
 /// Creates and removes the temporary file once, so an unwritable directory fails at start.
@@ -146,6 +149,7 @@ enum Job {
 #[derive(Debug)]
 pub struct Snapshotter {
     jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Job {
@@ -155,26 +159,37 @@ impl std::fmt::Debug for Job {
 }
 
 impl Snapshotter {
-    fn start(path: PathBuf, mirror: Mirror) -> Snapshotter {
+    fn start(path: PathBuf, mirror: Mirror, shared: Arc<Shared>) -> Snapshotter {
         let (jobs, receiver) = mpsc::channel();
+        let stats = shared.clone();
         std::thread::Builder::new()
             .name("state-file".into())
-            .spawn(move || writer(path, mirror, receiver))
+            .spawn(move || writer(path, mirror, receiver, &stats))
             .map(|_| ())
             .unwrap_or_else(|e| warn!(error = %e, "Cannot start the state-file writer."));
-        Snapshotter { jobs }
+        Snapshotter { jobs, shared }
     }
 
-    /// Hands over changes for the next write (never blocks).
+    /// Copies the changes (the only time ingestion waits) and records how long it took.
+    fn changes(&self, pipeline: &mut Pipeline) -> Changes {
+        let started = Instant::now();
+        let changes = pipeline.take_changes();
+        if let Some(stats) = self.shared.persist.lock().as_mut() {
+            stats.pause_seconds = started.elapsed().as_secs_f64();
+        }
+        changes
+    }
+
+    /// Hands over changes for the next write (never blocks on the write).
     pub fn snapshot(&self, pipeline: &mut Pipeline) {
-        let _ = self.jobs.send(Job::Changes(pipeline.take_changes()));
+        let _ = self.jobs.send(Job::Changes(self.changes(pipeline)));
     }
 
     /// Hands over the last changes and waits until they are on disk (shutdown).
     pub async fn flush(&self, pipeline: &mut Pipeline) -> io::Result<u64> {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Job::Flush(pipeline.take_changes(), done))
+            .send(Job::Flush(self.changes(pipeline), done))
             .map_err(|_| io::Error::other("the state-file writer stopped"))?;
         wait.await
             .unwrap_or_else(|_| Err(io::Error::other("the state-file writer stopped")))
@@ -184,7 +199,7 @@ impl Snapshotter {
     pub fn flush_blocking(&self, pipeline: &mut Pipeline) -> io::Result<u64> {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.jobs
-            .send(Job::Flush(pipeline.take_changes(), done))
+            .send(Job::Flush(self.changes(pipeline), done))
             .map_err(|_| io::Error::other("the state-file writer stopped"))?;
         wait.blocking_recv()
             .unwrap_or_else(|_| Err(io::Error::other("the state-file writer stopped")))
@@ -192,7 +207,7 @@ impl Snapshotter {
 }
 
 /// The writer thread: folds in every pending change, then writes once.
-fn writer(path: PathBuf, mut mirror: Mirror, jobs: mpsc::Receiver<Job>) {
+fn writer(path: PathBuf, mut mirror: Mirror, jobs: mpsc::Receiver<Job>, shared: &Shared) {
     let mut last_error = String::new();
     while let Ok(job) = jobs.recv() {
         let mut waiting = Vec::new();
@@ -209,6 +224,16 @@ fn writer(path: PathBuf, mut mirror: Mirror, jobs: mpsc::Receiver<Job>) {
         }
         let started = Instant::now();
         let result = write_atomically(&path, &mut mirror);
+        if let Some(stats) = shared.persist.lock().as_mut() {
+            stats.write_seconds = started.elapsed().as_secs_f64();
+            match &result {
+                Ok(bytes) => {
+                    stats.writes_ok += 1;
+                    stats.bytes = *bytes;
+                }
+                Err(_) => stats.writes_failed += 1,
+            }
+        }
         match &result {
             Ok(bytes) => {
                 last_error.clear();

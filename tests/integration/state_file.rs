@@ -138,6 +138,17 @@ fn written_state(dir: &Path) -> (std::path::PathBuf, String) {
         .to_string();
     let state = dir.join("good.state");
     let service = Service::start(&["--replay", &file, "--state-file", state.to_str().unwrap()]);
+    // Written once after loading, as the metrics report.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !service
+        .get("/metrics")
+        .body
+        .contains("prefect_exporter_state_file_writes_total{result=\"ok\"} 1")
+    {
+        assert!(Instant::now() < deadline, "no state-file write reported");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(state.exists());
     assert!(service.terminate().success());
     (state, file)
 }
