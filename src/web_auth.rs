@@ -55,26 +55,25 @@ impl Authenticator {
         token: Option<&Secret>,
         basic: Option<&Secret>,
     ) -> Result<Option<Authenticator>, AppError> {
-        let key = hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
-            .map_err(|_| AppError::Config {
-                flag: "--web-auth-token",
-                message: "no system randomness for the credential digest key".to_owned(),
-            })?;
-        let scheme = match (token, basic) {
+        let new_key = |flag| {
+            hmac::Key::generate(hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+                .map_err(|_| config(flag, "no system randomness for the credential digest key"))
+        };
+        let (key, scheme) = match (token, basic) {
             (Some(token), _) => {
                 if token.expose().is_empty() {
                     return Err(config("--web-auth-token", "must not be empty"));
                 }
-                Scheme::Bearer {
-                    token: digest(&key, token.expose().as_bytes()),
-                }
+                let key = new_key("--web-auth-token")?;
+                let token = digest(&key, token.expose().as_bytes());
+                (key, Scheme::Bearer { token })
             }
             (None, Some(basic)) => {
                 let (user, hash) = parse_basic(basic.expose())?;
-                Scheme::Basic {
-                    user: digest(&key, user.as_bytes()),
-                    hash: Secret::new(hash),
-                }
+                let key = new_key("--web-basic-auth")?;
+                let user = digest(&key, user.as_bytes());
+                let hash = Secret::new(hash);
+                (key, Scheme::Basic { user, hash })
             }
             (None, None) => return Ok(None),
         };

@@ -199,6 +199,7 @@ impl ConnectionCap {
 /// `requested`, lowered to leave [`RESERVED_FDS`] of the soft open-file limit (`None`:
 /// unlimited) for the rest of the process; at least 1.
 fn fit_to_fd_limit(requested: usize, soft_limit: Option<u64>) -> usize {
+    let requested = requested.min(Semaphore::MAX_PERMITS);
     let Some(soft) = soft_limit else {
         return requested;
     };

@@ -237,11 +237,15 @@ fn connections_past_the_cap_are_refused_until_some_close() {
     let refused = metric(&scrape, "prefect_exporter_http_connections_refused_total").unwrap();
     assert!(refused >= 5.0, "refused {refused}");
 
-    let refusal_lines = service
-        .logs
-        .try_iter()
-        .filter(|l| l.contains("Refused HTTP connections"))
-        .count();
+    let is_refusal = |line: &String| line.contains("Refused HTTP connections");
+    let mut refusal_lines = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refusal_lines == 0 && Instant::now() < deadline {
+        if let Ok(line) = service.logs.recv_timeout(Duration::from_millis(100)) {
+            refusal_lines += usize::from(is_refusal(&line));
+        }
+    }
+    refusal_lines += service.logs.try_iter().filter(is_refusal).count();
     assert_eq!(refusal_lines, 1, "refusals are logged rate-limited");
 }
 
