@@ -1,6 +1,6 @@
 //! Wires a source to the pipeline, the pipeline to the HTTP server, and orders shutdown.
 //!
-//! `run`: bind HTTP, load events, serve until the shutdown token is cancelled, drain.
+//! `run`: check the web flags, bind HTTP, load events, serve until the shutdown token is cancelled, drain.
 //! `replay`: process files offline and report.
 
 use std::io;
@@ -13,10 +13,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{OutputFormat, ReplayArgs, RunArgs};
+use crate::config::{OutputFormat, ReplayArgs, RunArgs, WebArgs};
 use crate::decode::RejectReason;
 use crate::exposition::{encode, Format};
-use crate::http::{serve_api, AppState};
+use crate::http::{serve_api, AppState, ServeConfig};
 use crate::metrics::{wall_clock, Metrics};
 use crate::persist::{Opened, Snapshotter};
 use crate::pipeline::Pipeline;
@@ -24,6 +24,8 @@ use crate::report::CountsReport;
 use crate::source::replay::{Line, LineReader};
 use crate::state::Shared;
 use crate::status::Status;
+use crate::web_auth::Authenticator;
+use crate::web_limits::{ConnectionCap, HttpStats};
 
 /// Frames applied per lock of the aggregates while loading files.
 const LOAD_BATCH: usize = 1024;
@@ -176,25 +178,52 @@ pub struct HttpService {
 }
 
 impl HttpService {
-    /// Binds `listen` and serves `shared` and `status`.
+    /// Checks the `--web-*` flags (a bad one is a configuration error), binds `listen` and
+    /// serves `shared` and `status`.
     pub async fn start(
         listen: std::net::SocketAddr,
+        web: &WebArgs,
         shared: Arc<Shared>,
         status: Arc<Status>,
         shutdown: CancellationToken,
     ) -> Result<HttpService, AppError> {
+        let auth =
+            Authenticator::from_flags(web.web_auth_token.as_ref(), web.web_basic_auth.as_ref())?;
+        let tls = match (&web.web_tls_cert, &web.web_tls_key) {
+            (Some(cert), Some(key)) => Some(crate::web_tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let stats = Arc::new(HttpStats::default());
+        let config = ServeConfig {
+            header_timeout: web.web_header_timeout,
+            cap: ConnectionCap::new(
+                usize::try_from(web.web_max_connections).unwrap_or(usize::MAX),
+                stats.clone(),
+            ),
+            tls,
+        };
         let clock = wall_clock();
         let metrics = Metrics::new(shared.clone(), status.clone(), clock.clone())?;
+        metrics.register_http(stats.clone())?;
+        let (listener, local) = bind(listen).await?;
+        let addr = listen.to_string();
+        info!(
+            listen = %local,
+            tls = config.tls.is_some(),
+            auth = auth.as_ref().map_or("none", Authenticator::scheme_name),
+            max_connections = config.cap.limit(),
+            "Serving HTTP."
+        );
         let state = Arc::new(AppState {
             shared,
             status,
             metrics,
             clock,
+            auth,
+            stats,
+            body_timeout: web.web_header_timeout,
         });
-        let (listener, local) = bind(listen).await?;
-        let addr = listen.to_string();
-        info!(listen = %local, "Serving HTTP.");
-        let handle = tokio::spawn(serve_api(listener, state, shutdown));
+        let handle = tokio::spawn(serve_api(listener, config, state, shutdown));
         Ok(HttpService {
             local,
             handle,
@@ -230,6 +259,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     status.require("replay", "loading replay files");
     let http = HttpService::start(
         args.listen,
+        &args.web,
         pipeline.shared(),
         status.clone(),
         shutdown.clone(),

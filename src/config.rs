@@ -33,6 +33,10 @@ pub struct Cli {
 }
 
 /// The subcommands.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only add noise"
+)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve counts over HTTP until SIGINT/SIGTERM, with events from recorded files (`--replay`).
@@ -276,6 +280,10 @@ pub struct RunArgs {
     )]
     pub listen: SocketAddr,
 
+    /// How the HTTP server protects itself.
+    #[command(flatten)]
+    pub web: WebArgs,
+
     /// Log format.
     #[arg(long, env = "PREFECT_EXPORTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -326,6 +334,58 @@ pub struct RunArgs {
     /// Counting options.
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+/// The HTTP server's limits, authentication and TLS (`run`).
+#[derive(Clone, Debug, Args)]
+pub struct WebArgs {
+    /// Most HTTP connections open at once; further ones are closed at once (counted, logged
+    /// rate-limited). Lowered, with a warning, to fit the process's open-file limit.
+    #[arg(long, env = "PREFECT_EXPORTER_WEB_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub web_max_connections: u32,
+
+    /// How long a client may take to send its request headers; also bounds the TLS
+    /// handshake, an idle keep-alive connection and a request body.
+    #[arg(long, env = "PREFECT_EXPORTER_WEB_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub web_header_timeout: Duration,
+
+    /// Require `Authorization: Bearer TOKEN` on every endpoint except `/healthz`. Never logged.
+    #[arg(
+        long,
+        env = "PREFECT_EXPORTER_WEB_AUTH_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        conflicts_with = "web_basic_auth"
+    )]
+    pub web_auth_token: Option<Secret>,
+
+    /// Require HTTP Basic authentication on every endpoint except `/healthz`: `user:` and the
+    /// bcrypt hash of the password (as in Prometheus' web.yml). Never logged.
+    #[arg(
+        long,
+        env = "PREFECT_EXPORTER_WEB_BASIC_AUTH",
+        value_name = "USER:BCRYPT_HASH",
+        hide_env_values = true
+    )]
+    pub web_basic_auth: Option<Secret>,
+
+    /// Serve HTTPS with this PEM certificate chain (needs `--web-tls-key`).
+    #[arg(
+        long,
+        env = "PREFECT_EXPORTER_WEB_TLS_CERT",
+        value_name = "PATH",
+        requires = "web_tls_key"
+    )]
+    pub web_tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of `--web-tls-cert`.
+    #[arg(
+        long,
+        env = "PREFECT_EXPORTER_WEB_TLS_KEY",
+        value_name = "PATH",
+        requires = "web_tls_cert"
+    )]
+    pub web_tls_key: Option<PathBuf>,
 }
 
 /// Options of `replay`.
@@ -404,8 +464,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
-        d if d.is_zero() => Err("must be longer than 0".to_owned()),
-        d => Ok(d),
+        Duration::ZERO => Err("must be longer than 0".to_owned()),
+        duration => Ok(duration),
     }
 }
 
@@ -454,6 +514,25 @@ mod tests {
             cli.run.server.credentials(),
             Credentials::ApiKey(_)
         ));
+        let cli = Cli::try_parse_from(["x", "--web-auth-token", "scrape-token-42"]).unwrap();
+        assert!(!format!("{cli:?}").contains("scrape-token-42"));
+        let hash = "$2b$04$abcdefghijklmnopqrstuuJtpZ6p3cb0uA1GvjhJq0LmnGUlCx0Ga";
+        let cli = Cli::try_parse_from(["x", "--web-basic-auth", &format!("prom:{hash}")]).unwrap();
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains(hash) && !debug.contains("prom:"), "{debug}");
+    }
+
+    #[test]
+    fn web_auth_flags_conflict_and_tls_flags_need_each_other() {
+        let both = ["x", "--web-auth-token", "t", "--web-basic-auth", "u:h"];
+        assert!(Cli::try_parse_from(both).is_err());
+        assert!(Cli::try_parse_from(["x", "--web-tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--web-tls-key", "k.pem"]).is_err());
+        let cli = Cli::try_parse_from(["x", "--web-tls-cert", "c.pem", "--web-tls-key", "k.pem"])
+            .unwrap();
+        assert_eq!(cli.run.web.web_tls_key, Some(PathBuf::from("k.pem")));
+        assert!(Cli::try_parse_from(["x", "--web-header-timeout", "0"]).is_err());
+        assert!(Cli::try_parse_from(["x", "--web-max-connections", "0"]).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,9 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -28,11 +31,18 @@ use crate::query::{parse_query, ResourceQuery};
 use crate::report::{CountsReport, ResourceList, ResourceView};
 use crate::state::Shared;
 use crate::status::Status;
+use crate::web_auth::Authenticator;
+use crate::web_limits::{read_body, ConnectionCap, HttpStats, Rejection, DEFAULT_MAX_CONNECTIONS};
 
-/// How long a client may take to send its request headers.
+/// Default time a client may take to send its request headers (`--web-header-timeout`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for open connections to finish.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+/// Largest request body the API accepts: it only serves GET and HEAD.
+pub const MAX_API_BODY: usize = 64 * 1024;
+
+/// What a connection past the cap reads before it is closed (plain HTTP only).
+const REFUSED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 32\r\nConnection: close\r\n\r\n{\"error\":\"too many connections\"}";
 
 /// What the handlers read.
 pub struct AppState {
@@ -44,30 +54,86 @@ pub struct AppState {
     pub metrics: Metrics,
     /// "Now", for ages.
     pub clock: Clock,
+    /// Required credentials (`None`: open).
+    pub auth: Option<Authenticator>,
+    /// Where refused requests are counted.
+    pub stats: Arc<HttpStats>,
+    /// How long a request body may take (the header timeout).
+    pub body_timeout: Duration,
+}
+
+/// How [`serve`] treats connections.
+pub struct ServeConfig {
+    /// Deadline for request headers, which also bounds the TLS handshake and idle
+    /// keep-alive connections (hyper restarts it whenever a connection waits for a request).
+    pub header_timeout: Duration,
+    /// The connection cap (and the counts).
+    pub cap: ConnectionCap,
+    /// TLS, when set.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Default for ServeConfig {
+    /// Plain HTTP, the default header timeout and connection cap.
+    fn default() -> ServeConfig {
+        ServeConfig {
+            header_timeout: HEADER_READ_TIMEOUT,
+            cap: ConnectionCap::new(
+                DEFAULT_MAX_CONNECTIONS as usize,
+                Arc::new(HttpStats::default()),
+            ),
+            tls: None,
+        }
+    }
 }
 
 /// Serves the exporter's API on `listener` until `shutdown`.
 pub async fn serve_api(
     listener: TcpListener,
+    config: ServeConfig,
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     serve(
         listener,
+        config,
         move |req| {
             let state = state.clone();
-            async move { route(&state, req) }
+            async move { handle_api(&state, req).await }
         },
         shutdown,
     )
     .await
 }
 
+/// Refuses oversized bodies and unauthenticated requests (all but `/healthz`), then routes.
+async fn handle_api(state: &AppState, req: Request<Incoming>) -> HttpResponse {
+    let (parts, body) = req.into_parts();
+    if let Err(e) = read_body(body, MAX_API_BODY, state.body_timeout).await {
+        if let Some(reason) = e.rejection() {
+            state.stats.reject(reason);
+        }
+        return e.response();
+    }
+    let req = Request::from_parts(parts, ());
+    if let Some(auth) = &state.auth {
+        if req.uri().path() != "/healthz" {
+            if let Err(denied) = auth.check(req.headers()).await {
+                state.stats.reject(Rejection::Unauthorized);
+                return auth.challenge(denied);
+            }
+        }
+    }
+    route(state, &req)
+}
+
 /// Serves HTTP/1.1 (with upgrades) on `listener` with `handler` until `shutdown` is
-/// cancelled, then drains open connections (with a deadline) and returns. Request headers
-/// must arrive within [`HEADER_READ_TIMEOUT`].
+/// cancelled, then drains open connections (with a deadline) and returns. Connections past
+/// the cap are closed at once; the TLS handshake (if any) and request headers must arrive
+/// within the header timeout.
 pub async fn serve<H, F>(
     listener: TcpListener,
+    config: ServeConfig,
     handler: H,
     shutdown: CancellationToken,
 ) -> io::Result<()>
@@ -88,28 +154,32 @@ where
                 }
             },
         };
+        let Some(slot) = config.cap.admit() else {
+            if config.tls.is_none() {
+                // Best effort on a fresh socket; never waits.
+                let _ = stream.try_write(REFUSED_RESPONSE);
+            }
+            continue;
+        };
         let handler = handler.clone();
         let shutdown = shutdown.clone();
+        let tls = config.tls.clone();
+        let header_timeout = config.header_timeout;
         connections.spawn(async move {
-            let service = service_fn(move |req| {
-                let response = handler(req);
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let _slot = slot;
+            let Some(acceptor) = tls else {
+                return serve_connection(stream, peer, handler, header_timeout, shutdown).await;
             };
-            if let Err(e) = result {
-                debug!(error = %e, %peer, "HTTP connection ended with an error.");
+            let handshake = tokio::select! {
+                () = shutdown.cancelled() => return,
+                handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => handshake,
+            };
+            match handshake {
+                Ok(Ok(stream)) => {
+                    serve_connection(stream, peer, handler, header_timeout, shutdown).await;
+                }
+                Ok(Err(e)) => debug!(error = %e, %peer, "TLS handshake failed."),
+                Err(_) => debug!(%peer, "TLS handshake timed out."),
             }
         });
     }
@@ -127,10 +197,44 @@ where
     Ok(())
 }
 
+/// Serves one connection until it ends; on `shutdown`, finishes the request in flight.
+async fn serve_connection<IO, H, F>(
+    io: IO,
+    peer: SocketAddr,
+    handler: H,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = HttpResponse> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let response = handler(req);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, %peer, "HTTP connection ended with an error.");
+    }
+}
+
 /// A response with a complete body.
 pub type HttpResponse = Response<Full<Bytes>>;
 
-fn route(state: &AppState, req: Request<Incoming>) -> HttpResponse {
+fn route(state: &AppState, req: &Request<()>) -> HttpResponse {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     let known = matches!(

@@ -21,6 +21,8 @@
 //! - [`metrics`], [`exposition`]: every metric's definition; text and OpenMetrics output.
 //! - [`http`], [`status`]: the server and the readiness it reports.
 //! - [`persist`]: the state file that carries counts across restarts.
+//! - [`web_limits`], [`web_auth`], [`web_tls`]: what the server refuses, whom it serves,
+//!   and HTTPS.
 //! - [`config`], [`app`]: flags, and the wiring of the commands.
 
 pub mod app;
@@ -51,3 +53,6 @@ pub mod status;
 mod test_support;
 pub mod timestamp;
 pub mod verify;
+pub mod web_auth;
+pub mod web_limits;
+pub mod web_tls;

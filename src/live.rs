@@ -231,6 +231,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     }
     let http = HttpService::start(
         args.listen,
+        &args.web,
         shared.clone(),
         status.clone(),
         shutdown.clone(),

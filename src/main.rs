@@ -92,7 +92,8 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-/// Prints help/version as clap does; any other parse error as one line, exit 2.
+/// Prints help/version as clap does; any other parse error as one line (clap's first
+/// paragraph, joined: "required arguments were not provided: --web-tls-key <PATH>"), exit 2.
 fn flag_error(e: clap::Error) -> ExitCode {
     match e.kind() {
         ErrorKind::DisplayHelp
@@ -103,11 +104,17 @@ fn flag_error(e: clap::Error) -> ExitCode {
         }
         _ => {
             let rendered = e.render().to_string();
-            let line = rendered
+            let paragraph: Vec<&str> = rendered
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("error: invalid arguments");
-            eprintln!("{line}");
+                .map(str::trim)
+                .skip_while(|l| l.is_empty())
+                .take_while(|l| !l.is_empty())
+                .collect();
+            if paragraph.is_empty() {
+                eprintln!("error: invalid arguments");
+            } else {
+                eprintln!("{}", paragraph.join(" "));
+            }
             ExitCode::from(2)
         }
     }

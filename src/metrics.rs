@@ -20,6 +20,7 @@ use crate::labels::SeriesId;
 use crate::state::{KindCounts, Shared};
 use crate::status::Status;
 use crate::timestamp::{as_seconds, now_micros, Micros};
+use crate::web_limits::{HttpStats, Rejection};
 
 /// A source of "now" for ages (injectable in tests).
 pub type Clock = Arc<dyn Fn() -> Micros + Send + Sync>;
@@ -668,6 +669,81 @@ impl Collector for StateCollector {
     }
 }
 
+/// The HTTP server's families: open and refused connections, refused requests.
+struct HttpCollector {
+    stats: Arc<HttpStats>,
+    open: Def,
+    refused: Def,
+    rejected: Def,
+    descs: Vec<Desc>,
+}
+
+impl HttpCollector {
+    fn new(stats: Arc<HttpStats>) -> HttpCollector {
+        use MetricType::{COUNTER, GAUGE};
+        let open = Def::new(
+            "prefect_exporter_http_connections_open",
+            "HTTP connections open now.",
+            GAUGE,
+            &[],
+        );
+        let refused = Def::new(
+            "prefect_exporter_http_connections_refused_total",
+            "HTTP connections closed at once because --web-max-connections were open.",
+            COUNTER,
+            &[],
+        );
+        let rejected = Def::new(
+            "prefect_exporter_http_requests_rejected_total",
+            "HTTP requests refused before routing, by reason (unauthorized, body_too_large, body_timeout).",
+            COUNTER,
+            &["reason"],
+        );
+        let descs = [&open, &refused, &rejected]
+            .into_iter()
+            .filter_map(|d| {
+                Desc::new(
+                    d.name.clone(),
+                    d.help.clone(),
+                    d.labels.clone(),
+                    HashMap::new(),
+                )
+                .ok()
+            })
+            .collect();
+        HttpCollector {
+            stats,
+            open,
+            refused,
+            rejected,
+            descs,
+        }
+    }
+}
+
+impl Collector for HttpCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let stats = &self.stats;
+        vec![
+            family(&self.open, [(vec![], gauge(stats.open() as f64))]),
+            family(&self.refused, [(vec![], counter(stats.refused() as f64))]),
+            family(
+                &self.rejected,
+                Rejection::ALL.map(|r| {
+                    (
+                        vec![r.label().to_owned()],
+                        counter(stats.rejected(r) as f64),
+                    )
+                }),
+            ),
+        ]
+    }
+}
+
 /// The exporter's registry and its collectors.
 pub struct Metrics {
     registry: Registry,
@@ -694,6 +770,11 @@ impl Metrics {
             shared, status, clock, &group_by,
         )))?;
         Ok(Metrics { registry })
+    }
+
+    /// Adds the HTTP server's families, read from `stats`.
+    pub fn register_http(&self, stats: Arc<HttpStats>) -> prometheus::Result<()> {
+        self.registry.register(Box::new(HttpCollector::new(stats)))
     }
 
     /// Every family, sorted by name.

@@ -11,7 +11,7 @@ pub mod ws;
 use std::sync::Arc;
 
 use base64::Engine;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
     HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
@@ -24,7 +24,8 @@ use tracing::{info, warn};
 
 use crate::app::AppError;
 use crate::config::ServeReplayArgs;
-use crate::http::{error, serve, HttpResponse};
+use crate::http::{error, serve, HttpResponse, ServeConfig, HEADER_READ_TIMEOUT};
+use crate::web_limits::read_body;
 use timeline::{PlayConfig, Store};
 use ws::{Faults, WsServerConfig};
 
@@ -106,9 +107,9 @@ async fn handle(server: Arc<FakeServer>, req: Request<Incoming>) -> HttpResponse
     }
     let method = req.method().as_str().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+    let body = match read_body(req.into_body(), MAX_BODY, HEADER_READ_TIMEOUT).await {
+        Ok(body) => body,
+        Err(e) => return e.response(),
     };
     rest::handle(
         &server.store,
@@ -171,6 +172,7 @@ pub async fn run(args: ServeReplayArgs, shutdown: CancellationToken) -> Result<(
     let handler_server = server.clone();
     let served = serve(
         listener,
+        ServeConfig::default(),
         move |req| handle(handler_server.clone(), req),
         shutdown.clone(),
     )

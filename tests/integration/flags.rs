@@ -2,7 +2,7 @@
 
 use crate::support::{replay_data, run_to_end};
 
-pub fn one_line_error(args: &[&str], flag: &str) {
+pub fn one_line_error(args: &[&str], flag: &str) -> String {
     let output = run_to_end(args);
     assert_eq!(output.status.code(), Some(2), "{args:?}");
     let stderr = String::from_utf8(output.stderr).unwrap();
@@ -11,6 +11,7 @@ pub fn one_line_error(args: &[&str], flag: &str) {
         stderr.contains(flag),
         "{args:?} should name {flag}: {stderr}"
     );
+    stderr
 }
 
 #[test]
@@ -40,6 +41,57 @@ fn bad_flags_exit_2_with_one_line_naming_the_flag() {
 }
 
 #[test]
+fn bad_web_flags_exit_2_with_one_line_naming_the_flag() {
+    let file = replay_data("synthetic-duplicates.jsonl");
+    let run = |extra: &[&str], flag: &str| {
+        let mut args = vec![
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--replay",
+            file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        one_line_error(&args, flag)
+    };
+    let stderr = run(&["--web-basic-auth", "nocolon"], "--web-basic-auth");
+    assert!(
+        !stderr.contains("nocolon"),
+        "the value is never echoed: {stderr}"
+    );
+    let malformed = "prometheus:$2b$10$not-a-real-hash";
+    let stderr = run(&["--web-basic-auth", malformed], "--web-basic-auth");
+    assert!(
+        !stderr.contains("not-a-real-hash") && !stderr.contains("prometheus"),
+        "{stderr}"
+    );
+    run(
+        &["--web-auth-token", "t", "--web-basic-auth", "u:h"],
+        "--web-basic-auth",
+    );
+    run(
+        &[
+            "--web-tls-cert",
+            "/nonexistent/cert.pem",
+            "--web-tls-key",
+            "/nonexistent/key.pem",
+        ],
+        "--web-tls-cert",
+    );
+    let not_pem = file.to_str().unwrap();
+    run(
+        &["--web-tls-cert", not_pem, "--web-tls-key", not_pem],
+        "--web-tls-cert",
+    );
+    run(
+        &["--web-tls-cert", "/nonexistent/cert.pem"],
+        "--web-tls-key",
+    );
+    run(&["--web-max-connections", "0"], "--web-max-connections");
+    run(&["--web-header-timeout", "0"], "--web-header-timeout");
+}
+
+#[test]
 fn environment_variables_set_flags() {
     let file = replay_data("synthetic-duplicates.jsonl");
     let output = crate::support::binary()
@@ -49,6 +101,20 @@ fn environment_variables_set_flags() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--group-by"));
+
+    let output = crate::support::binary()
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--replay",
+            file.to_str().unwrap(),
+        ])
+        .env("PREFECT_EXPORTER_WEB_BASIC_AUTH", "nocolon")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--web-basic-auth"));
 }
 
 #[test]

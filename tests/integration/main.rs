@@ -3,6 +3,7 @@
 
 mod flags;
 mod http_api;
+mod http_hardening;
 mod replay_files;
 mod serve_replay;
 mod state_file;
