@@ -10,7 +10,9 @@ Measures, printing one `RESULT name value unit` line each:
   2. Prefect's own Python `get_events_subscriber` counting states into a dict, same stream;
   3. event delay p50/p99 at a steady 1,000 events/s (the exporter's delay histogram);
   4. `/metrics` scrape time at 10,000 series while ingesting;
-  5. peak RSS of `replay` holding 1,000,000 tracked runs and 4,000,000 dedup ids.
+  5. peak RSS of `replay` holding 1,000,000 tracked runs and 4,000,000 dedup ids;
+  6. `--state-file` with those: file size, write and load time, and the ingestion pause of a
+     snapshot once they are all in memory (`--only state-file` runs just this stage).
 """
 import argparse
 import json
@@ -260,11 +262,12 @@ def bench_scrape(binary, series_file, stream):
 GENERATOR = r"""
 import sys
 runs, per_run = int(sys.argv[1]), int(sys.argv[2])
+first = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 states = [("PENDING", "Pending", "null"), ("RUNNING", "Running", '{"type":"PENDING","name":"Pending"}'),
           ("COMPLETED", "Completed", '{"type":"RUNNING","name":"Running"}'), ("COMPLETED", "Completed", '{"type":"COMPLETED","name":"Completed"}')]
 w = sys.stdout.write
-for r in range(runs):
-    sec = r * 1200 // runs
+for r in range(first, first + runs):
+    sec = (r - first) * 1200 // runs
     ts = "2026-11-25T01:%02d:%02d.%06dZ" % (sec // 60, sec % 60, r % 1000000)
     for k in range(per_run):
         t, n, f = states[k]
@@ -286,13 +289,75 @@ def bench_memory(binary, runs, per_run):
     result("memory_peak_rss_mb", rss, "MB")
 
 
+def metric(base, name):
+    for line in get(f"{base}/metrics").decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def wait_metric(base, name, at_least, seconds=600):
+    deadline = time.monotonic() + seconds
+    while (metric(base, name) or 0) < at_least:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name} did not reach {at_least}")
+        time.sleep(0.2)
+
+
+def bench_state_file(binary, runs, per_run, tmp):
+    """--state-file with `runs` tracked runs and runs * per_run dedup ids: file size, write
+    time, load time, and the ingestion pause of a snapshot once they are all in memory."""
+    state = Path(tmp) / "exporter.state"
+    capacity = str(runs * per_run + 10_000)
+    writes = 'prefect_exporter_state_file_writes_total{result="ok"}'
+
+    def start(stream_args):
+        port = free_port()
+        gen = subprocess.Popen([sys.executable, "-c", GENERATOR, *map(str, stream_args)], stdout=subprocess.PIPE)
+        started = time.monotonic()
+        proc = subprocess.Popen([binary, "run", "--replay", "/dev/stdin", "--listen", f"127.0.0.1:{port}",
+                                 "--state-file", str(state), "--dedup-capacity", capacity, "--log-format", "json"],
+                                stdin=gen.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        gen.stdout.close()
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/readyz", seconds=900)
+        return proc, base, time.monotonic() - started
+
+    proc, base, _ = start([runs, per_run])
+    wait_metric(base, writes, 1)
+    proc.terminate()
+    t = time.monotonic()
+    proc.wait(timeout=600)
+    result("state_file_shutdown_write_seconds", round(time.monotonic() - t, 2), "s")
+    result("state_file_mb", round(state.stat().st_size / 1e6, 1), "MB")
+
+    # Restart: load the file, then 1,000 new runs arrive; their snapshot's pause is the
+    # steady-state cost with every run in memory.
+    proc, base, ready = start([1000, per_run, runs])
+    wait_metric(base, writes, 1)
+    result("state_file_restart_to_ready_seconds", round(ready, 2), "s")
+    result("state_file_tracked_runs_after_restart", metric(base, 'prefect_exporter_tracked_resources'), "runs")
+    result("state_file_pause_ms", round(metric(base, "prefect_exporter_state_file_pause_seconds") * 1000, 3), "ms")
+    result("state_file_write_seconds", round(metric(base, "prefect_exporter_state_file_write_seconds"), 2), "s")
+    proc.terminate()
+    _, stderr = proc.communicate(timeout=600)
+    for line in stderr.splitlines():
+        if "State file loaded" in line:
+            result("state_file_load_seconds", round(json.loads(line)["fields"]["seconds"], 2), "s")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--bin", required=True)
     parser.add_argument("--python", required=True)
     parser.add_argument("--copies", type=int, default=25)
     parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument("--only", choices=["state-file"], help="run one stage")
     args = parser.parse_args()
+    if args.only == "state-file":
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_state_file(args.bin, args.runs, 4, tmp)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         stream = Path(tmp) / "stream.jsonl"
         total = make_stream(stream, args.copies)
@@ -309,6 +374,7 @@ def main():
         make_series_stream(series, 10_000)
         bench_scrape(args.bin, series, stream)
         bench_memory(args.bin, args.runs, 4)
+        bench_state_file(args.bin, args.runs, 4, tmp)
 
 
 if __name__ == "__main__":

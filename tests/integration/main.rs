@@ -2,8 +2,10 @@
 //! HTTP), with exact values from independent ground truth.
 
 mod flags;
+mod flood;
 mod http_api;
 mod http_hardening;
+mod properties;
 mod replay_files;
 mod serve_replay;
 mod state_file;
