@@ -12,7 +12,8 @@ Measures, printing one `RESULT name value unit` line each:
   4. `/metrics` scrape time at 10,000 series while ingesting;
   5. peak RSS of `replay` holding 1,000,000 tracked runs and 4,000,000 dedup ids;
   6. `--state-file` with those: file size, write and load time, and the ingestion pause of a
-     snapshot once they are all in memory (`--only state-file` runs just this stage).
+     snapshot once they are all in memory.
+`--only scrape` or `--only state-file` runs just that stage.
 """
 import argparse
 import json
@@ -352,11 +353,18 @@ def main():
     parser.add_argument("--python", required=True)
     parser.add_argument("--copies", type=int, default=25)
     parser.add_argument("--runs", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=["state-file"], help="run one stage")
+    parser.add_argument("--only", choices=["state-file", "scrape"], help="run one stage")
     args = parser.parse_args()
     if args.only == "state-file":
         with tempfile.TemporaryDirectory() as tmp:
             bench_state_file(args.bin, args.runs, 4, tmp)
+        return
+    if args.only == "scrape":
+        with tempfile.TemporaryDirectory() as tmp:
+            stream, series = Path(tmp) / "stream.jsonl", Path(tmp) / "series.jsonl"
+            make_stream(stream, args.copies)
+            make_series_stream(series, 10_000)
+            bench_scrape(args.bin, series, stream)
         return
     with tempfile.TemporaryDirectory() as tmp:
         stream = Path(tmp) / "stream.jsonl"

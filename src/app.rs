@@ -15,7 +15,7 @@ use tracing::{error, info};
 
 use crate::config::{OutputFormat, ReplayArgs, RunArgs, WebArgs};
 use crate::decode::RejectReason;
-use crate::exposition::{encode, Format};
+use crate::exposition::Format;
 use crate::http::{serve_api, AppState, ServeConfig};
 use crate::metrics::{wall_clock, Metrics};
 use crate::persist::{Opened, Snapshotter};
@@ -57,9 +57,6 @@ pub enum AppError {
         /// The cause.
         source: io::Error,
     },
-    /// The metrics registry refused a definition (a bug).
-    #[error("metrics registry: {0}")]
-    Metrics(#[from] prometheus::Error),
 }
 
 impl AppError {
@@ -203,8 +200,8 @@ impl HttpService {
             tls,
         };
         let clock = wall_clock();
-        let metrics = Metrics::new(shared.clone(), status.clone(), clock.clone())?;
-        metrics.register_http(stats.clone())?;
+        let metrics = Metrics::new(shared.clone(), status.clone(), clock.clone());
+        metrics.register_http(stats.clone());
         let (listener, local) = bind(listen).await?;
         let addr = listen.to_string();
         info!(
@@ -356,8 +353,8 @@ pub fn replay(args: &ReplayArgs) -> Result<(String, String), AppError> {
     let output = match args.output {
         OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
         OutputFormat::Prometheus => {
-            let metrics = Metrics::new(shared, status, wall_clock())?;
-            encode(&metrics.gather(), Format::Prometheus)
+            let metrics = Metrics::new(shared, status, wall_clock());
+            metrics.render(Format::Prometheus)
         }
     };
     Ok((output, summary.line(report.events.received)))

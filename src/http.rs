@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::exposition::{encode, Format};
+use crate::exposition::Format;
 use crate::metrics::{Clock, Metrics};
 use crate::query::{parse_query, ResourceQuery};
 use crate::report::{CountsReport, ResourceList, ResourceView};
@@ -263,7 +263,7 @@ fn route(state: &AppState, req: &Request<()>) -> HttpResponse {
         "/metrics" => {
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Format::negotiate(accept);
-            let body = encode(&state.metrics.gather(), format);
+            let body = state.metrics.render(format);
             respond(StatusCode::OK, format.content_type(), body)
         }
         "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),

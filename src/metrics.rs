@@ -1,17 +1,14 @@
 //! Every metric the exporter exposes: name, help text, type and labels, in one place.
 //!
-//! The exporter owns its [`Registry`] (never the global one). Counts are not kept in
-//! Prometheus types on the hot path: [`StateCollector`] copies the aggregates at scrape time
-//! and builds the metric families from them, so ingestion pays nothing for metrics.
+//! Counts are not kept in metric types on the hot path: [`StateCollector`] copies the
+//! aggregates at scrape time and builds the families from them, and
+//! [`crate::exposition::Encoder`] writes them straight to text, so ingestion pays nothing for
+//! metrics and a scrape allocates little.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
-};
-use prometheus::Registry;
+use crate::exposition::{Encoder, Format, Kind};
 
 use crate::decode::RejectReason;
 use crate::event::{RunKind, StateKey, StateType};
@@ -34,21 +31,16 @@ pub fn wall_clock() -> Clock {
 struct Def {
     name: String,
     help: String,
-    ty: MetricType,
+    kind: Kind,
     labels: Vec<String>,
 }
 
 impl Def {
-    fn new(
-        name: impl Into<String>,
-        help: impl Into<String>,
-        ty: MetricType,
-        labels: &[&str],
-    ) -> Def {
+    fn new(name: impl Into<String>, help: impl Into<String>, kind: Kind, labels: &[&str]) -> Def {
         Def {
             name: name.into(),
             help: help.into(),
-            ty,
+            kind,
             labels: labels.iter().map(|l| (*l).to_owned()).collect(),
         }
     }
@@ -82,13 +74,13 @@ impl KindDefs {
             runs: Def::new(
                 format!("prefect_{stem}s"),
                 format!("Number of {what} currently in each state (all runs the server knows)."),
-                MetricType::GAUGE,
+                Kind::Gauge,
                 &state,
             ),
             entries: Def::new(
                 format!("prefect_{stem}_state_entries_total"),
                 format!("Entries of {what} into a state (self-transitions excluded)."),
-                MetricType::COUNTER,
+                Kind::Counter,
                 &state,
             )
             .with_labels(group_by),
@@ -97,47 +89,35 @@ impl KindDefs {
                 format!(
                     "State transitions of {what} by type (from_state_type is empty for new runs)."
                 ),
-                MetricType::COUNTER,
+                Kind::Counter,
                 &["from_state_type", "to_state_type"],
             ),
             self_transitions: Def::new(
                 format!("prefect_{stem}_self_transitions_total"),
                 format!("State events of {what} whose state equals the previous one."),
-                MetricType::COUNTER,
+                Kind::Counter,
                 &state,
             ),
             active: Def::new(
                 format!("prefect_{stem}s_active"),
                 format!("Tracked {what} in a non-terminal state."),
-                MetricType::GAUGE,
+                Kind::Gauge,
                 &state,
             )
             .with_labels(group_by),
             oldest_age: Def::new(
                 format!("prefect_{stem}_oldest_state_age_seconds"),
                 format!("Age of the oldest tracked {what} in each non-terminal state."),
-                MetricType::GAUGE,
+                Kind::Gauge,
                 &state,
             ),
             durations: Def::new(
                 format!("prefect_{stem}_state_duration_seconds"),
                 format!("Time {what} spent in a state, observed when they leave it."),
-                MetricType::HISTOGRAM,
+                Kind::Histogram,
                 &state,
             ),
         }
-    }
-
-    fn all(&self) -> [&Def; 7] {
-        [
-            &self.runs,
-            &self.entries,
-            &self.transitions,
-            &self.self_transitions,
-            &self.active,
-            &self.oldest_age,
-            &self.durations,
-        ]
     }
 }
 
@@ -170,175 +150,146 @@ struct ExporterDefs {
 
 impl ExporterDefs {
     fn new() -> ExporterDefs {
-        use MetricType::{COUNTER, GAUGE, HISTOGRAM};
         ExporterDefs {
             received: Def::new(
                 "prefect_exporter_events_received_total",
                 "Frames decoded as events, by kind (state or other); duplicates included.",
-                COUNTER,
+                Kind::Counter,
                 &["kind"],
             ),
             duplicates: Def::new(
                 "prefect_exporter_events_duplicate_total",
                 "Events dropped because their id was already seen.",
-                COUNTER,
+                Kind::Counter,
                 &[],
             ),
             rejected: Def::new(
                 "prefect_exporter_events_rejected_total",
                 "Frames rejected as unusable, by reason; each is skipped.",
-                COUNTER,
+                Kind::Counter,
                 &["reason"],
             ),
             connected: Def::new(
                 "prefect_exporter_stream_connected",
                 "1 while the events stream is subscribed.",
-                GAUGE,
+                Kind::Gauge,
                 &[],
             ),
             reconnects: Def::new(
                 "prefect_exporter_stream_reconnects_total",
                 "Reconnections of the events stream, by reason.",
-                COUNTER,
+                Kind::Counter,
                 &["reason"],
             ),
             last_event: Def::new(
                 "prefect_exporter_last_event_timestamp_seconds",
                 "Newest occurred timestamp applied (Unix seconds).",
-                GAUGE,
+                Kind::Gauge,
                 &[],
             ),
             delay: Def::new(
                 "prefect_exporter_event_delay_seconds",
                 "Wall-clock time between an event's occurred timestamp and applying it.",
-                HISTOGRAM,
+                Kind::Histogram,
                 &[],
             ),
             chain_gaps: Def::new(
                 "prefect_exporter_chain_gaps_total",
                 "State events of tracked runs whose follows names an event never seen (a drop).",
-                COUNTER,
+                Kind::Counter,
                 &[],
             ),
             tracked: Def::new(
                 "prefect_exporter_tracked_resources",
                 "Runs held in memory.",
-                GAUGE,
+                Kind::Gauge,
                 &[],
             ),
             dedup_ids: Def::new(
                 "prefect_exporter_dedup_ids",
                 "Event ids held by the deduplication window.",
-                GAUGE,
+                Kind::Gauge,
                 &[],
             ),
             dedup_evicted: Def::new(
                 "prefect_exporter_dedup_evicted_total",
                 "Event ids dropped from a full deduplication window before aging out.",
-                COUNTER,
+                Kind::Counter,
                 &[],
             ),
             retired: Def::new(
                 "prefect_exporter_runs_retired_total",
                 "Terminal runs dropped from memory after the retention period (their counts stay).",
-                COUNTER,
+                Kind::Counter,
                 &[],
             ),
             folded: Def::new(
                 "prefect_exporter_series_folded_total",
                 "Events whose state name or label set was folded into __other__ by the series cap.",
-                COUNTER,
+                Kind::Counter,
                 &["what"],
             ),
             windows: Def::new(
                 "prefect_exporter_verify_windows_total",
                 "Closed windows of events compared with the server's stored events, by result.",
-                COUNTER,
+                Kind::Counter,
                 &["result"],
             ),
             repaired: Def::new(
                 "prefect_exporter_events_repaired_total",
                 "Events recovered by repair that the live stream had dropped.",
-                COUNTER,
+                Kind::Counter,
                 &[],
             ),
             corrections: Def::new(
                 "prefect_exporter_reconcile_corrections_total",
                 "Runs moved by reconciliation with the server's REST counts, by state type.",
-                COUNTER,
+                Kind::Counter,
                 &["state_type"],
             ),
             drift: Def::new(
                 "prefect_exporter_reconcile_last_drift",
                 "Server count minus exporter count at the last reconciliation, by state type.",
-                GAUGE,
+                Kind::Gauge,
                 &["state_type"],
             ),
             reconciliations: Def::new(
                 "prefect_exporter_reconciliations_total",
                 "Reconciliations applied (the first is the start-up baseline).",
-                COUNTER,
+                Kind::Counter,
                 &[],
             ),
             backfill_gaps: Def::new(
                 "prefect_exporter_backfill_gaps_total",
                 "Stream outages longer than the server's 15-minute backfill.",
-                COUNTER,
+                Kind::Counter,
                 &[],
             ),
             state_writes: Def::new(
                 "prefect_exporter_state_file_writes_total",
                 "State-file writes, by result (ok or error); only with --state-file.",
-                COUNTER,
+                Kind::Counter,
                 &["result"],
             ),
             state_bytes: Def::new(
                 "prefect_exporter_state_file_bytes",
                 "Size of the last state file written.",
-                GAUGE,
+                Kind::Gauge,
                 &[],
             ),
             state_write_seconds: Def::new(
                 "prefect_exporter_state_file_write_seconds",
                 "Duration of the last state-file write (on the writer thread, not the ingestion path).",
-                GAUGE,
+                Kind::Gauge,
                 &[],
             ),
             state_pause_seconds: Def::new(
                 "prefect_exporter_state_file_pause_seconds",
                 "How long ingestion paused to hand the last snapshot to the writer.",
-                GAUGE,
+                Kind::Gauge,
                 &[],
             ),
         }
-    }
-
-    fn all(&self) -> [&Def; 23] {
-        [
-            &self.received,
-            &self.duplicates,
-            &self.rejected,
-            &self.connected,
-            &self.reconnects,
-            &self.last_event,
-            &self.delay,
-            &self.chain_gaps,
-            &self.tracked,
-            &self.dedup_ids,
-            &self.dedup_evicted,
-            &self.retired,
-            &self.folded,
-            &self.windows,
-            &self.repaired,
-            &self.corrections,
-            &self.drift,
-            &self.reconciliations,
-            &self.backfill_gaps,
-            &self.state_writes,
-            &self.state_bytes,
-            &self.state_write_seconds,
-            &self.state_pause_seconds,
-        ]
     }
 }
 
@@ -349,7 +300,6 @@ pub struct StateCollector {
     clock: Clock,
     kinds: [KindDefs; 2],
     exporter: ExporterDefs,
-    descs: Vec<Desc>,
 }
 
 impl StateCollector {
@@ -365,36 +315,21 @@ impl StateCollector {
             KindDefs::new(RunKind::TaskRun, group_by),
         ];
         let exporter = ExporterDefs::new();
-        let descs = kinds
-            .iter()
-            .flat_map(KindDefs::all)
-            .chain(exporter.all())
-            .filter_map(|d| {
-                Desc::new(
-                    d.name.clone(),
-                    d.help.clone(),
-                    d.labels.clone(),
-                    HashMap::new(),
-                )
-                .ok()
-            })
-            .collect();
         StateCollector {
             shared,
             status,
             clock,
             kinds,
             exporter,
-            descs,
         }
     }
 
-    fn kind_families(
-        &self,
+    fn kind_families<'s>(
+        &'s self,
         kind: RunKind,
         counts: &KindCounts,
         series: &dyn Fn(SeriesId) -> Vec<String>,
-        out: &mut Vec<MetricFamily>,
+        out: &mut Vec<Family<'s>>,
     ) {
         let defs = &self.kinds[kind.index()];
         let state_labels = |s: &StateKey| vec![s.ty.as_str().to_owned(), s.name.to_string()];
@@ -487,12 +422,9 @@ impl StateCollector {
     }
 }
 
-impl Collector for StateCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
+impl StateCollector {
+    /// Every family, built from a copy of the aggregates.
+    fn families(&self) -> Vec<Family<'_>> {
         let (kinds, events, checks, series_values, dims) = {
             let counts = self.shared.counts.lock();
             let kinds: Vec<(RunKind, KindCounts)> = self
@@ -675,58 +607,39 @@ struct HttpCollector {
     open: Def,
     refused: Def,
     rejected: Def,
-    descs: Vec<Desc>,
 }
 
 impl HttpCollector {
     fn new(stats: Arc<HttpStats>) -> HttpCollector {
-        use MetricType::{COUNTER, GAUGE};
         let open = Def::new(
             "prefect_exporter_http_connections_open",
             "HTTP connections open now.",
-            GAUGE,
+            Kind::Gauge,
             &[],
         );
         let refused = Def::new(
             "prefect_exporter_http_connections_refused_total",
             "HTTP connections closed at once because --web-max-connections were open.",
-            COUNTER,
+            Kind::Counter,
             &[],
         );
         let rejected = Def::new(
             "prefect_exporter_http_requests_rejected_total",
             "HTTP requests refused before routing, by reason (unauthorized, body_too_large, body_timeout).",
-            COUNTER,
+            Kind::Counter,
             &["reason"],
         );
-        let descs = [&open, &refused, &rejected]
-            .into_iter()
-            .filter_map(|d| {
-                Desc::new(
-                    d.name.clone(),
-                    d.help.clone(),
-                    d.labels.clone(),
-                    HashMap::new(),
-                )
-                .ok()
-            })
-            .collect();
         HttpCollector {
             stats,
             open,
             refused,
             rejected,
-            descs,
         }
     }
 }
 
-impl Collector for HttpCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
+impl HttpCollector {
+    fn families(&self) -> Vec<Family<'_>> {
         let stats = &self.stats;
         vec![
             family(&self.open, [(vec![], gauge(stats.open() as f64))]),
@@ -744,18 +657,15 @@ impl Collector for HttpCollector {
     }
 }
 
-/// The exporter's registry and its collectors.
+/// The exporter's metric families, rendered at scrape time.
 pub struct Metrics {
-    registry: Registry,
+    state: StateCollector,
+    http: std::sync::OnceLock<HttpCollector>,
 }
 
 impl Metrics {
-    /// A registry with every family of the exporter registered.
-    pub fn new(
-        shared: Arc<Shared>,
-        status: Arc<Status>,
-        clock: Clock,
-    ) -> prometheus::Result<Metrics> {
+    /// Every family of the exporter, over `shared` and `status`.
+    pub fn new(shared: Arc<Shared>, status: Arc<Status>, clock: Clock) -> Metrics {
         let group_by: Vec<String> = {
             let counts = shared.counts.lock();
             counts
@@ -765,94 +675,76 @@ impl Metrics {
                 .map(|d| d.label().to_owned())
                 .collect()
         };
-        let registry = Registry::new();
-        registry.register(Box::new(StateCollector::new(
-            shared, status, clock, &group_by,
-        )))?;
-        Ok(Metrics { registry })
+        Metrics {
+            state: StateCollector::new(shared, status, clock, &group_by),
+            http: std::sync::OnceLock::new(),
+        }
     }
 
-    /// Adds the HTTP server's families, read from `stats`.
-    pub fn register_http(&self, stats: Arc<HttpStats>) -> prometheus::Result<()> {
-        self.registry.register(Box::new(HttpCollector::new(stats)))
+    /// Adds the HTTP server's families, read from `stats` (once).
+    pub fn register_http(&self, stats: Arc<HttpStats>) {
+        let _ = self.http.set(HttpCollector::new(stats));
     }
 
-    /// Every family, sorted by name.
-    pub fn gather(&self) -> Vec<MetricFamily> {
-        self.registry.gather()
+    /// Every family as text in `format`. Families come in definition order, samples sorted
+    /// by label values, so consecutive scrapes differ only in values.
+    pub fn render(&self, format: Format) -> String {
+        let mut encoder = Encoder::new(format);
+        let http = self.http.get().map(HttpCollector::families);
+        for mut family in self
+            .state
+            .families()
+            .into_iter()
+            .chain(http.into_iter().flatten())
+        {
+            family.samples.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+            let def = family.def;
+            encoder.family(
+                &def.name,
+                &def.help,
+                def.kind,
+                &def.labels,
+                family.samples.iter().map(|(labels, value)| {
+                    let value = match value {
+                        Value::Number(v) => crate::exposition::Value::Number(*v),
+                        Value::Histogram(h) => crate::exposition::Value::Histogram(h),
+                    };
+                    (labels.as_slice(), value)
+                }),
+            );
+        }
+        encoder.finish()
     }
+}
+
+/// One family's samples: label values (in the definition's order) and a value.
+struct Family<'d> {
+    def: &'d Def,
+    samples: Vec<(Vec<String>, Value)>,
 }
 
 enum Value {
-    Counter(f64),
-    Gauge(f64),
-    Histogram(Histogram),
+    Number(f64),
+    Histogram(Hist),
 }
 
 fn counter(v: f64) -> Value {
-    Value::Counter(v)
+    Value::Number(v)
 }
 
 fn gauge(v: f64) -> Value {
-    Value::Gauge(v)
+    Value::Number(v)
 }
 
 fn histogram(h: &Hist) -> Value {
-    let mut out = Histogram::default();
-    out.set_sample_count(h.count());
-    out.set_sample_sum(h.sum());
-    out.set_bucket(
-        h.cumulative()
-            .map(|(bound, n)| {
-                let mut b = Bucket::default();
-                b.set_upper_bound(bound);
-                b.set_cumulative_count(n);
-                b
-            })
-            .collect(),
-    );
-    Value::Histogram(out)
+    Value::Histogram(h.clone())
 }
 
-fn family(def: &Def, samples: impl IntoIterator<Item = (Vec<String>, Value)>) -> MetricFamily {
-    let mut mf = MetricFamily::default();
-    mf.set_name(def.name.clone());
-    mf.set_help(def.help.clone());
-    mf.set_field_type(def.ty);
-    let metrics = samples
-        .into_iter()
-        .map(|(values, value)| {
-            let mut m = Metric::default();
-            m.set_label(
-                def.labels
-                    .iter()
-                    .zip(values)
-                    .map(|(name, value)| {
-                        let mut l = LabelPair::default();
-                        l.set_name(name.clone());
-                        l.set_value(value);
-                        l
-                    })
-                    .collect(),
-            );
-            match value {
-                Value::Counter(v) => {
-                    let mut c = Counter::default();
-                    c.set_value(v);
-                    m.set_counter(c);
-                }
-                Value::Gauge(v) => {
-                    let mut g = Gauge::default();
-                    g.set_value(v);
-                    m.set_gauge(g);
-                }
-                Value::Histogram(h) => m.set_histogram(h),
-            }
-            m
-        })
-        .collect();
-    mf.set_metric(metrics);
-    mf
+fn family(def: &Def, samples: impl IntoIterator<Item = (Vec<String>, Value)>) -> Family<'_> {
+    Family {
+        def,
+        samples: samples.into_iter().collect(),
+    }
 }
 
 #[cfg(test)]
@@ -864,22 +756,17 @@ mod tests {
     use crate::timestamp::parse_rfc3339;
     use StateType::{Completed, Pending, Running};
 
-    fn sample<'a>(
-        families: &'a [MetricFamily],
-        name: &str,
-        labels: &[(&str, &str)],
-    ) -> Option<&'a Metric> {
-        families
-            .iter()
-            .find(|f| f.name() == name)?
-            .get_metric()
-            .iter()
-            .find(|m| {
-                labels.iter().all(|(k, v)| {
-                    m.get_label()
-                        .iter()
-                        .any(|l| l.name() == *k && l.value() == *v)
-                })
+    /// The value of the sample `name` whose labels include `labels`, in Prometheus text.
+    fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+                let all = labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+                (n == name && all).then(|| value.parse().unwrap())
             })
     }
 
@@ -898,15 +785,14 @@ mod tests {
         }
         let now = parse_rfc3339(&ts(100)).unwrap();
         let clock: Clock = Arc::new(move || now);
-        let metrics = Metrics::new(p.shared(), Arc::new(Status::new()), clock).unwrap();
-        let families = metrics.gather();
+        let metrics = Metrics::new(p.shared(), Arc::new(Status::new()), clock);
+        let families = metrics.render(Format::Prometheus);
         let age = |ty: &str, name: &str| {
             sample(
                 &families,
                 "prefect_flow_run_oldest_state_age_seconds",
                 &[("state_type", ty), ("state_name", name)],
             )
-            .map(|m| m.get_gauge().get_value())
         };
         assert_eq!(
             age("PENDING", "Pending"),
@@ -924,47 +810,39 @@ mod tests {
             "terminal states have no age"
         );
 
-        let histogram = |ty: &str, name: &str| {
-            sample(
-                &families,
-                "prefect_flow_run_state_duration_seconds",
-                &[("state_type", ty), ("state_name", name)],
+        let duration = "prefect_flow_run_state_duration_seconds";
+        let histogram = |ty: &str, name: &str, le: &str| {
+            let labels = [("state_type", ty), ("state_name", name)];
+            let with_le = [labels[0], labels[1], ("le", le)];
+            (
+                sample(&families, &format!("{duration}_count"), &labels),
+                sample(&families, &format!("{duration}_sum"), &labels),
+                sample(&families, &format!("{duration}_bucket"), &with_le),
             )
-            .map(|m| m.get_histogram().clone())
-            .unwrap()
         };
-        let bucket = |h: &prometheus::proto::Histogram, le: f64| {
-            h.get_bucket()
-                .iter()
-                .find(|b| b.upper_bound() == le)
-                .map(|b| b.cumulative_count())
-        };
-        let pending = histogram("PENDING", "Pending");
         assert_eq!(
-            (pending.get_sample_count(), pending.get_sample_sum()),
-            (1, 30.0)
+            histogram("PENDING", "Pending", "10.0"),
+            (Some(1.0), Some(30.0), Some(0.0))
         );
         assert_eq!(
-            (bucket(&pending, 10.0), bucket(&pending, 30.0)),
-            (Some(0), Some(1))
-        );
-        let running = histogram("RUNNING", "Running");
-        assert_eq!(
-            (running.get_sample_count(), running.get_sample_sum()),
-            (1, 60.0)
+            histogram("PENDING", "Pending", "30.0"),
+            (Some(1.0), Some(30.0), Some(1.0))
         );
         assert_eq!(
-            (bucket(&running, 30.0), bucket(&running, 60.0)),
-            (Some(0), Some(1))
+            histogram("RUNNING", "Running", "30.0"),
+            (Some(1.0), Some(60.0), Some(0.0))
+        );
+        assert_eq!(
+            histogram("RUNNING", "Running", "60.0"),
+            (Some(1.0), Some(60.0), Some(1.0))
         );
 
         let active = sample(
             &families,
             "prefect_flow_runs_active",
             &[("state_type", "PENDING")],
-        )
-        .unwrap();
-        assert_eq!(active.get_gauge().get_value(), 2.0);
+        );
+        assert_eq!(active, Some(2.0));
 
         let query = ResourceQuery {
             kind: RunKind::FlowRun,
