@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{OutputFormat, ReplayArgs, RunArgs, WebArgs};
 use crate::decode::RejectReason;
 use crate::exposition::Format;
 use crate::http::{serve_api, AppState, ServeConfig};
 use crate::metrics::{wall_clock, Metrics};
+use crate::persist::format::ReplayV1;
 use crate::persist::{Opened, Snapshotter};
 use crate::pipeline::Pipeline;
 use crate::report::CountsReport;
@@ -74,11 +75,12 @@ impl AppError {
 pub fn open_state(
     args: &RunArgs,
     pipeline: &mut Pipeline,
+    source: &str,
 ) -> Result<Option<(Snapshotter, Opened)>, AppError> {
     let Some(path) = &args.state_file else {
         return Ok(None);
     };
-    crate::persist::open(path, args.discard_bad_state, pipeline)
+    crate::persist::open(path, args.discard_bad_state, pipeline, source)
         .map(Some)
         .map_err(|e| AppError::Config {
             flag: "--state-file",
@@ -86,10 +88,15 @@ pub fn open_state(
         })
 }
 
-/// Writes the state file a last time at shutdown (logging a failure).
-pub async fn final_snapshot(snapshotter: Option<&Snapshotter>, pipeline: &mut Pipeline) {
+/// Writes the state file a last time at shutdown (logging a failure); `replay` is how far
+/// `run --replay` had read.
+pub async fn final_snapshot(
+    snapshotter: Option<&Snapshotter>,
+    pipeline: &mut Pipeline,
+    replay: Option<ReplayV1>,
+) {
     if let Some(snapshotter) = snapshotter {
-        match snapshotter.flush(pipeline).await {
+        match snapshotter.flush(pipeline, replay).await {
             Ok(bytes) => info!(bytes, "State file written at shutdown."),
             Err(e) => error!(error = %e, "Could not write the state file at shutdown."),
         }
@@ -116,6 +123,8 @@ pub struct LoadSummary {
     pub lines: u64,
     /// Bytes read.
     pub bytes: u64,
+    /// Whether shutdown stopped the load before the end.
+    pub stopped: bool,
 }
 
 /// Feeds every line of `files` through `pipeline`, in batches. Stops early (returning what was
@@ -125,30 +134,50 @@ pub fn load_files(
     files: &[PathBuf],
     stop: Option<&CancellationToken>,
 ) -> Result<LoadSummary, AppError> {
+    load_files_from(pipeline, files, stop, None, &mut |_, _, _| {})
+}
+
+/// [`load_files`] starting at file `resume.0`, byte `resume.1`, calling `after_batch` with
+/// the file index and the bytes of it applied after every batch.
+pub fn load_files_from(
+    pipeline: &mut Pipeline,
+    files: &[PathBuf],
+    stop: Option<&CancellationToken>,
+    resume: Option<(usize, u64)>,
+    after_batch: &mut dyn FnMut(&mut Pipeline, usize, u64),
+) -> Result<LoadSummary, AppError> {
     let mut summary = LoadSummary::default();
-    for path in files {
+    let (first, offset) = resume.unwrap_or((0, 0));
+    for (index, path) in files.iter().enumerate().skip(first) {
         let read_error = |source| AppError::Read {
             path: path.clone(),
             source,
         };
-        let mut reader = LineReader::open(path).map_err(read_error)?;
+        let start = if index == first { offset } else { 0 };
+        let mut reader = LineReader::open_at(path, start).map_err(read_error)?;
+        let started_at = reader.bytes_read();
         'file: loop {
             if stop.is_some_and(CancellationToken::is_cancelled) {
-                break;
+                summary.stopped = true;
+                return Ok(summary);
             }
-            let mut batch = pipeline.batch();
-            for _ in 0..LOAD_BATCH {
-                match reader.next_line().map_err(read_error)? {
-                    None => break 'file,
-                    Some(Line::Frame(frame)) => {
-                        batch.ingest(frame);
+            {
+                let mut batch = pipeline.batch();
+                for _ in 0..LOAD_BATCH {
+                    match reader.next_line().map_err(read_error)? {
+                        None => break 'file,
+                        Some(Line::Frame(frame)) => {
+                            batch.ingest(frame);
+                        }
+                        Some(Line::Oversize(bytes)) => batch.reject(RejectReason::Oversize, bytes),
                     }
-                    Some(Line::Oversize(bytes)) => batch.reject(RejectReason::Oversize, bytes),
+                    summary.lines += 1;
                 }
-                summary.lines += 1;
             }
+            after_batch(pipeline, index, reader.bytes_read());
         }
-        summary.bytes += reader.bytes_read();
+        after_batch(pipeline, index, reader.bytes_read());
+        summary.bytes += reader.bytes_read() - started_at;
     }
     Ok(summary)
 }
@@ -251,7 +280,28 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     }
     check_readable("--replay", &args.replay)?;
     let mut pipeline = Pipeline::new(args.engine.pipeline_config());
-    let snapshotter = open_state(&args, &mut pipeline)?.map(|(s, _)| s);
+    let (snapshotter, opened) =
+        match open_state(&args, &mut pipeline, crate::persist::REPLAY_SOURCE)? {
+            Some((snapshotter, opened)) => (Some(snapshotter), opened),
+            None => (None, Opened::default()),
+        };
+    let files = args.replay.clone();
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    let resume = match &opened.replay {
+        Some(saved) if saved.files == names => {
+            info!(
+                file = saved.file,
+                offset = saved.offset,
+                "Continuing the replay where the state file left it."
+            );
+            Some((saved.file as usize, saved.offset))
+        }
+        Some(_) => {
+            warn!("The replay files differ from the state file's; reading them from the start (events still in the dedup window count once).");
+            None
+        }
+        None => None,
+    };
     let status = Arc::new(Status::new());
     status.require("replay", "loading replay files");
     let http = HttpService::start(
@@ -263,14 +313,39 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     )
     .await?;
 
-    let files = args.replay.clone();
     let loader_stop = shutdown.clone();
+    let every = args.snapshot_interval;
     let loader = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        match load_files(&mut pipeline, &files, Some(&loader_stop)) {
+        let mut last_snapshot = Instant::now();
+        let mut position = opened.replay.clone().filter(|_| resume.is_some());
+        let mut after_batch = |pipeline: &mut Pipeline, file: usize, offset: u64| {
+            let here = ReplayV1 {
+                files: names.clone(),
+                file: file as u32,
+                offset,
+            };
+            if let Some(snapshotter) = &snapshotter {
+                if last_snapshot.elapsed() >= every {
+                    snapshotter.snapshot_replay(pipeline, here.clone());
+                    last_snapshot = Instant::now();
+                }
+            }
+            position = Some(here);
+        };
+        match load_files_from(
+            &mut pipeline,
+            &files,
+            Some(&loader_stop),
+            resume,
+            &mut after_batch,
+        ) {
+            Ok(summary) if summary.stopped => {
+                info!(lines = summary.lines, "Replay stopped at shutdown.");
+            }
             Ok(summary) => {
-                if let Some(snapshotter) = &snapshotter {
-                    snapshotter.snapshot(&mut pipeline);
+                if let (Some(snapshotter), Some(here)) = (&snapshotter, &position) {
+                    snapshotter.snapshot_replay(&mut pipeline, here.clone());
                 }
                 info!(
                     files = files.len(),
@@ -286,15 +361,21 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
                 status.require("replay", format!("replay failed: {e}"));
             }
         }
-        (pipeline, snapshotter)
+        (pipeline, snapshotter, position)
     });
 
     let served = http.finish().await;
     // The loader checks the token between batches; give it a moment to stop.
-    if let Ok(Ok((mut pipeline, snapshotter))) =
-        tokio::time::timeout(Duration::from_secs(5), loader).await
-    {
-        final_snapshot(snapshotter.as_ref(), &mut pipeline).await;
+    match tokio::time::timeout(Duration::from_secs(30), loader).await {
+        Ok(Ok((mut pipeline, snapshotter, position))) => {
+            final_snapshot(snapshotter.as_ref(), &mut pipeline, position).await;
+        }
+        _ if args.state_file.is_some() => {
+            error!(
+                "The replay loader did not stop in time; the state file keeps its last snapshot."
+            );
+        }
+        _ => {}
     }
     served?;
     info!("Stopped.");

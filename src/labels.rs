@@ -42,6 +42,17 @@ impl Interner {
         Some(shared)
     }
 
+    /// The shared copy of `text`, added even past the cap (restoring saved names, which
+    /// were within the cap when they were first seen).
+    pub fn insert_uncapped(&mut self, text: &str) -> Arc<str> {
+        if let Some(found) = self.set.get(text) {
+            return found.clone();
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.set.insert(shared.clone());
+        shared
+    }
+
     /// The shared copy of `text`, or a private copy when the interner is full.
     pub fn share(&mut self, text: &str) -> Arc<str> {
         self.get_or_insert(text).unwrap_or_else(|| Arc::from(text))
@@ -88,6 +99,17 @@ impl StateNames {
                 self.folded += 1;
                 self.other.clone()
             }
+        };
+        StateKey { ty, name }
+    }
+
+    /// The key of a saved state (a state file): never folded, since it was counted under
+    /// this name; [`OTHER`] stays the folded key.
+    pub fn restore_key(&mut self, ty: StateType, name: &str) -> StateKey {
+        let name = if name == OTHER {
+            self.other.clone()
+        } else {
+            self.names.insert_uncapped(name)
         };
         StateKey { ty, name }
     }

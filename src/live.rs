@@ -199,7 +199,7 @@ async fn pipeline_task(
             }
         }
     }
-    crate::app::final_snapshot(snapshotter.as_ref(), &mut pipeline).await;
+    crate::app::final_snapshot(snapshotter.as_ref(), &mut pipeline, None).await;
 }
 
 /// `run` against a Prefect server.
@@ -214,16 +214,18 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     let config = args.engine.pipeline_config();
     let prefixes = prefixes(config.state.track_task_runs);
     let mut pipeline = Pipeline::new(config);
-    let (snapshotter, restored) = match crate::app::open_state(&args, &mut pipeline)? {
-        Some((snapshotter, opened)) => (Some(snapshotter), opened.resume),
-        None => (None, None),
+    let source = args.server.prefect_api_url.clone();
+    let (snapshotter, opened) = match crate::app::open_state(&args, &mut pipeline, &source)? {
+        Some((snapshotter, opened)) => (Some(snapshotter), opened),
+        None => (None, Default::default()),
     };
+    let restored = opened.resume;
     pipeline.enable_ledger(prefixes.clone());
     let shared = pipeline.shared();
     let kinds: Vec<RunKind> = shared.kinds().collect();
 
-    // A restored state file carries the baseline and the counts: no new baseline.
-    let bootstrap_now = !args.no_bootstrap && restored.is_none();
+    // A restored state file with a baseline carries it with the counts: no new baseline.
+    let bootstrap_now = !args.no_bootstrap && opened.baseline.is_none();
     let status = Arc::new(Status::new());
     status.require("stream", "connecting to the events stream");
     if bootstrap_now {
@@ -242,8 +244,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
     let reconciler = Reconciler::new(api.clone(), shared.clone(), RECONCILE_SETTLE);
     let start = restored.unwrap_or_else(now_micros);
     if let Some(resume) = restored {
-        if now_micros() - resume > SERVER_BACKFILL {
+        if now_micros().saturating_sub(resume) > SERVER_BACKFILL {
             warn!("The state file is older than the server's 15-minute backfill; the gap is closed by verification and reconciliation.");
+            shared.counts.lock().checks.backfill_gaps += 1;
             reconcile_now.notify_one();
         }
     }
@@ -300,7 +303,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), AppEr
         );
         let trigger = reconcile_now.clone();
         let stop = shutdown.clone();
-        tasks.spawn(async move { verifier.run(start - RESUME_OVERLAP, trigger, stop).await });
+        // After a restart, windows up to the second pass are checked again (their ledger
+        // was restored), so late events that missed the last snapshot are still repaired.
+        let verify_from = match restored {
+            Some(resume) => resume - crate::config::micros(SECOND_PASS),
+            None => start - RESUME_OVERLAP,
+        };
+        tasks.spawn(async move { verifier.run(verify_from, trigger, stop).await });
     }
 
     let served = http.finish().await;

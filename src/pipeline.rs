@@ -111,6 +111,7 @@ impl Pipeline {
                 .as_mut()
                 .map(std::mem::take)
                 .unwrap_or_default(),
+            replay: None,
         }
     }
 

@@ -187,7 +187,7 @@ struct Injector<'a> {
 impl Injector<'_> {
     fn disconnect_due(&self) -> Option<End> {
         let every = self.faults.disconnect_every?;
-        if self.sent == 0 || self.sent % every != 0 {
+        if self.sent == 0 || !self.sent.is_multiple_of(every) {
             return None;
         }
         Some(match self.faults.close_code {
@@ -218,7 +218,7 @@ async fn send_event(
             .await
             .map_err(|_| End::Gone)?;
     }
-    if injector.faults.stall_ms > 0 && injector.sent % STALL_EVERY == 0 {
+    if injector.faults.stall_ms > 0 && injector.sent.is_multiple_of(STALL_EVERY) {
         tokio::time::sleep(Duration::from_millis(injector.faults.stall_ms)).await;
     }
     if let Some(end) = injector.disconnect_due() {

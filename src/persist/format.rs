@@ -64,6 +64,11 @@ pub enum FormatError {
 pub struct StateV1<B = Vec<(i64, RunBytes)>, R = [Vec<RunBytes>; 2]> {
     /// Wall-clock micros when written.
     pub written_at: i64,
+    /// What the events came from: the Prefect API URL, or `replay`. A file is only used
+    /// with the same source.
+    pub source: String,
+    /// With `replay`: the files and how far they had been read.
+    pub replay: Option<ReplayV1>,
     /// Settings the counts depend on; a file written with others is refused.
     pub track_task_runs: bool,
     /// `--group-by` labels, in order.
@@ -83,6 +88,17 @@ pub struct StateV1<B = Vec<(i64, RunBytes)>, R = [Vec<RunBytes>; 2]> {
     pub dedup_buckets: B,
     /// Encoded [`RunV1`]s of flow runs, then task runs.
     pub runs: R,
+}
+
+/// How far `run --replay` had read when the state was saved.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayV1 {
+    /// The files, as given.
+    pub files: Vec<String>,
+    /// Index of the file being read.
+    pub file: u32,
+    /// Bytes of it already applied.
+    pub offset: u64,
 }
 
 /// Raw bytes: one postcard-encoded [`RunV1`], or a bucket of ids.

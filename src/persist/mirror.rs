@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 
 use super::format::{
-    encode_run, ChecksV1, CountsV1, EventsV1, HistogramV1, KindV1, RunV1, StateV1, StrV1,
+    encode_run, ChecksV1, CountsV1, EventsV1, HistogramV1, KindV1, ReplayV1, RunV1, StateV1, StrV1,
 };
 use crate::dedup::IdBuckets;
 use crate::event::StateKey;
@@ -63,6 +63,8 @@ pub struct Changes {
     pub runs: Vec<DirtyRun>,
     /// Ids the dedup window admitted, in order, with their `occurred`.
     pub admitted: Vec<(u128, Micros)>,
+    /// With `run --replay`: how far the files have been applied.
+    pub replay: Option<ReplayV1>,
 }
 
 /// Strings stored once and referenced by index.
@@ -90,6 +92,8 @@ const STRING_TABLE_CAP: usize = 100_000;
 /// The writer's copy of everything the state file holds.
 #[derive(Debug)]
 pub struct Mirror {
+    source: String,
+    replay: Option<ReplayV1>,
     track_task_runs: bool,
     group_by: Vec<String>,
     states: Vec<(u8, String)>,
@@ -101,9 +105,16 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// An empty mirror for these settings and an empty dedup window.
-    pub fn new(track_task_runs: bool, group_by: Vec<String>, dedup: IdBuckets) -> Mirror {
+    /// An empty mirror for `source`, these settings and an empty dedup window.
+    pub fn new(
+        source: String,
+        track_task_runs: bool,
+        group_by: Vec<String>,
+        dedup: IdBuckets,
+    ) -> Mirror {
         Mirror {
+            source,
+            replay: None,
             track_task_runs,
             group_by,
             states: Vec::new(),
@@ -123,10 +134,12 @@ impl Mirror {
         aggregates: Aggregates,
     ) -> Result<Mirror, String> {
         let mut mirror = Mirror::new(
+            loaded.source.clone(),
             loaded.track_task_runs,
             loaded.group_by.clone(),
             restored.dedup,
         );
+        mirror.replay = loaded.replay.clone();
         for (ty, name) in &loaded.states {
             let ty = crate::event::StateType::ALL
                 .get(usize::from(*ty))
@@ -169,6 +182,9 @@ impl Mirror {
             }
         }
         self.aggregates = Some(changes.aggregates);
+        if changes.replay.is_some() {
+            self.replay = changes.replay;
+        }
     }
 
     /// Tracked runs in the mirror.
@@ -185,6 +201,8 @@ impl Mirror {
         self.aggregates = Some(aggregates);
         let state = StateV1 {
             written_at,
+            source: self.source.clone(),
+            replay: self.replay.clone(),
             track_task_runs: self.track_task_runs,
             group_by: self.group_by.clone(),
             states: self.states.clone(),

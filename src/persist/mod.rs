@@ -38,20 +38,28 @@ pub struct OpenError {
 }
 
 /// What [`open`] found.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Opened {
+    /// Whether a file was restored.
+    pub restored: bool,
     /// Runs restored.
     pub runs: usize,
     /// Newest `occurred` in the file: where the stream resumes.
     pub resume: Option<Micros>,
+    /// The REST baseline time in the file.
+    pub baseline: Option<Micros>,
+    /// With `run --replay`: how far the files had been read.
+    pub replay: Option<format::ReplayV1>,
 }
 
 /// Loads `path` into `pipeline` (fresh, or a missing file: nothing to load), turns on the
-/// pipeline's change journal, and starts the writer.
+/// pipeline's change journal, and starts the writer. `source` names where events come from
+/// (the API URL, or `replay`); a file written for another source is refused.
 pub fn open(
     path: &Path,
     discard_bad: bool,
     pipeline: &mut Pipeline,
+    source: &str,
 ) -> Result<(Snapshotter, Opened), OpenError> {
     let fail = |message: String| OpenError {
         path: path.to_owned(),
@@ -64,32 +72,37 @@ pub fn open(
         .iter()
         .map(|g| g.label().to_owned())
         .collect();
+    let lock = lock(path).map_err(fail)?;
     let started = Instant::now();
     let loaded = match std::fs::read(path) {
         Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(fail(format!("cannot read the state file: {e}"))),
     };
-    let mut opened = Opened {
-        runs: 0,
-        resume: None,
-    };
+    let mut opened = Opened::default();
     let mut mirror = None;
     if let Some(bytes) = loaded {
         let size = bytes.len();
         let result = format::read(&bytes)
             .map_err(|e| e.to_string())
             .and_then(|mut state| {
+                check_source(&state.source, source)?;
                 let restored = restore::restore(pipeline, &state)
                     .map_err(|e| format!("state file does not fit: {e}"))?;
                 let aggregates = Aggregates::copy(&pipeline.shared().counts.lock());
+                opened.replay = state.replay.clone();
                 Mirror::from_loaded(&mut state, restored, aggregates)
             });
         drop(bytes);
         match result {
             Ok(restored) => {
+                opened.restored = true;
                 opened.runs = restored.run_count();
-                opened.resume = pipeline.shared().counts.lock().events.last_occurred;
+                let shared = pipeline.shared();
+                let counts = shared.counts.lock();
+                opened.resume = counts.events.last_occurred;
+                opened.baseline = counts.baseline;
+                drop(counts);
                 info!(
                     path = %path.display(),
                     bytes = size,
@@ -104,6 +117,7 @@ pub fn open(
                 let _ = std::fs::rename(path, &aside);
                 warn!(path = %path.display(), moved_to = %aside.display(), error = %message, "Discarding the unusable state file (--discard-bad-state); starting fresh.");
                 pipeline.reset();
+                opened = Opened::default();
             }
             Err(message) => {
                 return Err(fail(format!(
@@ -115,6 +129,7 @@ pub fn open(
     let mirror = match mirror {
         Some(mirror) => mirror,
         None => Mirror::new(
+            source.to_owned(),
             config.track_task_runs,
             group_by,
             crate::dedup::IdBuckets::new(window, capacity),
@@ -124,20 +139,72 @@ pub fn open(
     check_writable(path).map_err(|e| fail(format!("cannot write beside the state file: {e}")))?;
     let shared = pipeline.shared();
     *shared.persist.lock() = Some(PersistStats::default());
-    Ok((Snapshotter::start(path.to_owned(), mirror, shared), opened))
+    Ok((
+        Snapshotter::start(path.to_owned(), mirror, shared, lock),
+        opened,
+    ))
 }
 
-/// Creates and removes the temporary file once, so an unwritable directory fails at start.
+/// Refuses a file written in the other mode (replay files vs a server); a server at another
+/// URL is only a warning (a renamed host is common; reconciliation corrects the totals).
+fn check_source(saved: &str, now: &str) -> Result<(), String> {
+    let replay = |s: &str| s == REPLAY_SOURCE;
+    if replay(saved) != replay(now) {
+        return Err(format!(
+            "it was written reading from {saved:?}, not {now:?}"
+        ));
+    }
+    if saved != now {
+        warn!(
+            saved,
+            now, "The state file was written for another Prefect API URL; continuing from it."
+        );
+    }
+    Ok(())
+}
+
+/// The source name of `run --replay`.
+pub const REPLAY_SOURCE: &str = "replay";
+
+/// Takes an exclusive lock on `PATH.lock`, held while the process runs, so two exporters
+/// never write one state file.
+fn lock(path: &Path) -> Result<File, String> {
+    let lock_path = sibling(path, ".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another process holds {}; one state file serves one exporter",
+            lock_path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(format!("cannot lock {}: {e}", lock_path.display()))
+        }
+    }
+}
+
+/// Creates and removes a temporary file once, so an unwritable directory fails at start.
 fn check_writable(path: &Path) -> io::Result<()> {
     let temp = temp_path(path);
     File::create(&temp)?;
     std::fs::remove_file(&temp)
 }
 
-fn temp_path(path: &Path) -> PathBuf {
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(".tmp");
+    name.push(suffix);
     path.with_file_name(name)
+}
+
+/// The temporary file beside `path` (unique to this process; the lock makes it the only
+/// writer).
+fn temp_path(path: &Path) -> PathBuf {
+    sibling(path, &format!(".{}.tmp", std::process::id()))
 }
 
 enum Job {
@@ -150,6 +217,7 @@ enum Job {
 pub struct Snapshotter {
     jobs: mpsc::Sender<Job>,
     shared: Arc<Shared>,
+    _lock: File,
 }
 
 impl std::fmt::Debug for Job {
@@ -159,7 +227,7 @@ impl std::fmt::Debug for Job {
 }
 
 impl Snapshotter {
-    fn start(path: PathBuf, mirror: Mirror, shared: Arc<Shared>) -> Snapshotter {
+    fn start(path: PathBuf, mirror: Mirror, shared: Arc<Shared>, lock: File) -> Snapshotter {
         let (jobs, receiver) = mpsc::channel();
         let stats = shared.clone();
         std::thread::Builder::new()
@@ -167,7 +235,11 @@ impl Snapshotter {
             .spawn(move || writer(path, mirror, receiver, &stats))
             .map(|_| ())
             .unwrap_or_else(|e| warn!(error = %e, "Cannot start the state-file writer."));
-        Snapshotter { jobs, shared }
+        Snapshotter {
+            jobs,
+            shared,
+            _lock: lock,
+        }
     }
 
     /// Copies the changes (the only time ingestion waits) and records how long it took.
@@ -182,26 +254,41 @@ impl Snapshotter {
 
     /// Hands over changes for the next write (never blocks on the write).
     pub fn snapshot(&self, pipeline: &mut Pipeline) {
-        let _ = self.jobs.send(Job::Changes(self.changes(pipeline)));
+        self.send(Job::Changes(self.changes(pipeline)));
     }
 
-    /// Hands over the last changes and waits until they are on disk (shutdown).
-    pub async fn flush(&self, pipeline: &mut Pipeline) -> io::Result<u64> {
+    /// [`Snapshotter::snapshot`] in `run --replay`, with how far the files have been read.
+    pub fn snapshot_replay(&self, pipeline: &mut Pipeline, position: format::ReplayV1) {
+        let mut changes = self.changes(pipeline);
+        changes.replay = Some(position);
+        self.send(Job::Changes(changes));
+    }
+
+    fn send(&self, job: Job) {
+        if self.jobs.send(job).is_err() {
+            if let Some(stats) = self.shared.persist.lock().as_mut() {
+                stats.writes_failed += 1;
+            }
+            tracing::error!(
+                "The state-file writer has stopped; the state file is no longer updated."
+            );
+        }
+    }
+
+    /// Hands over the last changes (and the replay position, in `run --replay`) and waits
+    /// until they are on disk (shutdown).
+    pub async fn flush(
+        &self,
+        pipeline: &mut Pipeline,
+        replay: Option<format::ReplayV1>,
+    ) -> io::Result<u64> {
         let (done, wait) = tokio::sync::oneshot::channel();
+        let mut changes = self.changes(pipeline);
+        changes.replay = replay;
         self.jobs
-            .send(Job::Flush(self.changes(pipeline), done))
+            .send(Job::Flush(changes, done))
             .map_err(|_| io::Error::other("the state-file writer stopped"))?;
         wait.await
-            .unwrap_or_else(|_| Err(io::Error::other("the state-file writer stopped")))
-    }
-
-    /// [`Snapshotter::flush`] from a blocking thread.
-    pub fn flush_blocking(&self, pipeline: &mut Pipeline) -> io::Result<u64> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        self.jobs
-            .send(Job::Flush(self.changes(pipeline), done))
-            .map_err(|_| io::Error::other("the state-file writer stopped"))?;
-        wait.blocking_recv()
             .unwrap_or_else(|_| Err(io::Error::other("the state-file writer stopped")))
     }
 }
@@ -261,21 +348,37 @@ fn writer(path: PathBuf, mut mirror: Mirror, jobs: mpsc::Receiver<Job>, shared: 
     }
 }
 
-/// Temp file, fsync, rename over `path`, fsync of the directory.
+/// Temp file, fsync, rename over `path`, fsync of the directory. A failed write removes its
+/// temporary file and leaves the previous state file as it was.
 fn write_atomically(path: &Path, mirror: &mut Mirror) -> io::Result<u64> {
     let temp = temp_path(path);
-    let file = File::create(&temp)?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let bytes = mirror.write(now_micros(), &mut out)?;
-    let file = out.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temp, path)?;
+    let written = (|| {
+        let file = File::create(&temp)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let bytes = mirror.write(now_micros(), &mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(bytes)
+    })();
+    let bytes = match written {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = std::fs::rename(&temp, path) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    File::open(dir)?.sync_all()?;
+    // The new file is in place; a directory that cannot be synced only weakens durability.
+    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::debug!(error = %e, "Could not fsync the state file's directory.");
+    }
     Ok(bytes)
 }
 
@@ -304,6 +407,12 @@ mod tests {
         report
     }
 
+    fn metrics_text(p: &Pipeline) -> String {
+        let clock: crate::metrics::Clock = std::sync::Arc::new(|| 0);
+        crate::metrics::Metrics::new(p.shared(), std::sync::Arc::new(Status::new()), clock)
+            .render(crate::exposition::Format::Prometheus)
+    }
+
     fn run_json(p: &Pipeline, run: u32) -> serde_json::Value {
         let id = format!("prefect.flow-run.00000000-0000-4000-8000-{run:012}");
         serde_json::to_value(ResourceView::find(&p.shared(), &id, 0).expect("tracked")).unwrap()
@@ -321,7 +430,32 @@ mod tests {
         ];
         let mut live = pipeline();
         live.journal();
+        // A REST baseline at second 5, and a run known only from REST, as live mode has.
+        {
+            let shared = live.shared();
+            let mut counts = shared.counts.lock();
+            counts.rebase(
+                crate::event::RunKind::FlowRun,
+                [(crate::test_support::key(Running), 7)]
+                    .into_iter()
+                    .collect(),
+            );
+            counts.set_baseline(
+                crate::timestamp::parse_rfc3339(&crate::test_support::ts(5)).unwrap(),
+            );
+        }
+        let seeded = crate::prefect_api::RunSummary {
+            id: "00000000-0000-4000-8000-000000000099".into(),
+            name: Some("seeded".into()),
+            state_type: Running,
+            state_name: "Running".into(),
+            state_timestamp: Some(0),
+            work_queue: Some("default".into()),
+            work_pool: Some("pool".into()),
+        };
+        live.seed_run(crate::event::RunKind::FlowRun, &seeded, 0);
         let mut mirror = Mirror::new(
+            "replay".into(),
             false,
             vec![],
             crate::dedup::IdBuckets::new(1800 * crate::timestamp::SECOND, 1000),
@@ -340,6 +474,10 @@ mod tests {
         assert_eq!(counts_json(&restored), counts_json(&live));
         assert_eq!(run_json(&restored, 1), run_json(&live, 1));
         assert_eq!(run_json(&restored, 2), run_json(&live, 2));
+        assert_eq!(run_json(&restored, 99), run_json(&live, 99));
+        // Every metric family too: active runs, durations, histograms, checks, label sets.
+        assert_eq!(metrics_text(&restored), metrics_text(&live));
+        assert!(metrics_text(&live).contains("prefect_flow_run_state_duration_seconds_count"));
 
         // The dedup window came back: replaying every frame changes nothing but duplicates.
         let before = counts_json(&restored);
@@ -351,11 +489,11 @@ mod tests {
         // A mirror seeded from the file writes the same file again.
         let aggregates = Aggregates::copy(&restored.shared().counts.lock());
         let mut again = Mirror::from_loaded(&mut loaded, parts, aggregates).unwrap();
-        assert_eq!(again.run_count(), 2);
+        assert_eq!(again.run_count(), 3);
         let mut second = Vec::new();
         again.write(0, &mut second).unwrap();
         let reread = format::read(&second).unwrap();
-        assert_eq!(reread.runs[0].len(), 2);
+        assert_eq!(reread.runs[0].len(), 3);
     }
 
     #[test]
@@ -363,10 +501,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.bin");
         std::fs::write(&path, b"PEXSTATE\x01\x00\x00\x00garbage").unwrap();
-        let err = open(&path, false, &mut pipeline()).unwrap_err();
+        let err = open(&path, false, &mut pipeline(), "replay").unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         assert!(err.to_string().contains("--discard-bad-state"), "{err}");
-        let (_, opened) = open(&path, true, &mut pipeline()).unwrap();
+        let (_, opened) = open(&path, true, &mut pipeline(), "replay").unwrap();
         assert_eq!(opened.runs, 0);
         assert!(path.with_extension("discarded").exists());
     }

@@ -17,6 +17,7 @@ use crate::state::{
     BaseAnchor, CheckCounts, Counts, EventCounts, KindCounts, RecentTransition, RunKey, RunLabels,
     RunRecord, TransitionCount, DELAY_BUCKETS, DURATION_BUCKETS,
 };
+use crate::timestamp::Micros;
 
 /// Resolves the file's table indexes.
 struct Tables {
@@ -97,7 +98,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
             .get(usize::from(*ty))
             .copied()
             .ok_or_else(|| format!("unknown state type index {ty}"))?;
-        states.push(names.key(ty, name));
+        states.push(names.restore_key(ty, name));
     }
     let tables = Tables {
         states,
@@ -141,7 +142,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
     let buckets = IdBuckets::from_parts(
         window,
         capacity,
-        loaded.dedup_newest,
+        maybe_time(loaded.dedup_newest)?,
         loaded.dedup_evicted,
         buckets,
     );
@@ -160,7 +161,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
             rejected,
             self_transitions: e.self_transitions,
             chain_gaps: e.chain_gaps,
-            last_occurred: e.last_occurred,
+            last_occurred: maybe_time(e.last_occurred)?,
             last_state_seen: None,
             delay: histogram(&DELAY_BUCKETS, &e.delay)?,
             dedup_ids: buckets.len() as u64,
@@ -170,7 +171,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
             folded_label_sets: e.folded_label_sets,
         },
         series,
-        baseline: c.baseline,
+        baseline: maybe_time(c.baseline)?,
         baseline_epoch: c.baseline_epoch,
         ledger: c.ledger.as_ref().map(|seconds| {
             let seconds = seconds
@@ -218,10 +219,12 @@ fn histogram(bounds: &'static [f64], h: &HistogramV1) -> Result<Histogram, Strin
 fn kind(t: &Tables, k: &KindV1) -> Result<KindCounts, String> {
     let mut out = KindCounts::default();
     for &(s, n) in &k.current {
-        out.current.insert(t.state(s)?, n);
+        *out.current.entry(t.state(s)?).or_default() += n;
     }
     for &(s, series, n) in &k.entries {
-        out.entries.insert((t.state(s)?, t.series(series)?), n);
+        *out.entries
+            .entry((t.state(s)?, t.series(series)?))
+            .or_default() += n;
     }
     if k.transitions.len() != 90 {
         return Err("transition table has the wrong size".to_owned());
@@ -230,10 +233,12 @@ fn kind(t: &Tables, k: &KindV1) -> Result<KindCounts, String> {
         row.copy_from_slice(&k.transitions[i * 9..i * 9 + 9]);
     }
     for &(s, n) in &k.self_transitions {
-        out.self_transitions.insert(t.state(s)?, n);
+        *out.self_transitions.entry(t.state(s)?).or_default() += n;
     }
     for &(s, series, n) in &k.active {
-        out.active.insert((t.state(s)?, t.series(series)?), n);
+        *out.active
+            .entry((t.state(s)?, t.series(series)?))
+            .or_default() += n;
     }
     for (s, h) in &k.durations {
         out.durations
@@ -242,12 +247,36 @@ fn kind(t: &Tables, k: &KindV1) -> Result<KindCounts, String> {
     Ok(out)
 }
 
+/// Earliest and latest times a state file may hold: years 1 to 9999, as RFC 3339 allows.
+const TIME_RANGE: std::ops::RangeInclusive<Micros> =
+    -62_135_596_800_000_000..=253_402_300_799_999_999;
+
+/// Checks a saved time.
+fn time(at: Micros) -> Result<Micros, String> {
+    if TIME_RANGE.contains(&at) {
+        Ok(at)
+    } else {
+        Err(format!("time {at} is out of range"))
+    }
+}
+
+fn maybe_time(at: Option<Micros>) -> Result<Option<Micros>, String> {
+    at.map(time).transpose()
+}
+
+/// `at + offset`, checked.
+fn shifted(at: Micros, offset: i64) -> Result<Micros, String> {
+    at.checked_add(offset)
+        .ok_or_else(|| "time offset overflows".to_owned())
+        .and_then(time)
+}
+
 fn record(
     t: &Tables,
     strings: &mut crate::labels::Interner,
     r: RunV1,
 ) -> Result<(RunKey, RunRecord), String> {
-    let at = r.state_at;
+    let at = time(r.state_at)?;
     let [flow, deployment, work_pool, work_queue] = &r.labels;
     let mut label = |s: &Option<StrV1>| s.as_ref().map(|s| t.string(s, strings)).transpose();
     let (flow, deployment, work_pool, work_queue) = (
@@ -286,7 +315,7 @@ fn record(
             Ok(RecentTransition {
                 from: t.maybe_state(from)?,
                 to: t.state(to)?,
-                at: at + offset,
+                at: shifted(at, offset)?,
                 event: EventId(u128::from_le_bytes(event)),
             })
         })
@@ -296,17 +325,17 @@ fn record(
         odd_id: r.odd_id.map(Into::into),
         name: r.name.map(Into::into),
         state: t.state(r.state)?,
-        since: at - r.since_before,
+        since: shifted(at, r.since_before.checked_neg().unwrap_or(i64::MAX))?,
         state_at: at,
         state_event: EventId(u128::from_le_bytes(r.state_event)),
-        last_occurred: at + r.occurred_after,
+        last_occurred: shifted(at, r.occurred_after)?,
         series: t.series(r.series)?,
         labels,
         transitions,
         recent,
         base: BaseAnchor {
             epoch,
-            at: at + base_offset,
+            at: shifted(at, base_offset)?,
             before,
             state: t.maybe_state(base_state)?,
         },

@@ -30,10 +30,25 @@ pub struct LineReader<R> {
 impl LineReader<BufReader<File>> {
     /// Opens a file for reading.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Ok(LineReader::new(BufReader::with_capacity(
-            256 * 1024,
-            File::open(path)?,
-        )))
+        LineReader::open_at(path, 0)
+    }
+
+    /// Opens a file for reading from byte `offset` (a line start saved earlier); a file
+    /// shorter than that, or one that cannot seek, is read from its start.
+    pub fn open_at(path: &Path, offset: u64) -> io::Result<Self> {
+        let mut file = File::open(path)?;
+        let mut start = 0;
+        if offset > 0
+            && file
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.len() >= offset)
+        {
+            use std::io::Seek;
+            start = file.seek(io::SeekFrom::Start(offset))?;
+        }
+        let mut reader = LineReader::new(BufReader::with_capacity(256 * 1024, file));
+        reader.bytes_read = start;
+        Ok(reader)
     }
 }
 
