@@ -328,11 +328,24 @@ impl StateCollector {
         &'s self,
         kind: RunKind,
         counts: &KindCounts,
-        series: &dyn Fn(SeriesId) -> Vec<String>,
+        series: &[crate::labels::LabelSet],
+        dims: usize,
         out: &mut Vec<Family<'s>>,
     ) {
         let defs = &self.kinds[kind.index()];
-        let state_labels = |s: &StateKey| vec![s.ty.as_str().to_owned(), s.name.to_string()];
+        let state_labels = |s: &StateKey| -> Vec<Text> {
+            vec![Text::Static(s.ty.as_str()), Text::Shared(s.name.clone())]
+        };
+        let with_series = |s: &StateKey, id: SeriesId| -> Vec<Text> {
+            let mut labels = Vec::with_capacity(2 + dims);
+            labels.push(Text::Static(s.ty.as_str()));
+            labels.push(Text::Shared(s.name.clone()));
+            match series.get(id.0 as usize) {
+                Some(values) => labels.extend(values.iter().cloned().map(Text::Shared)),
+                None => labels.extend((0..dims).map(|_| Text::Static(""))),
+            }
+            labels
+        };
 
         let mut current: BTreeMap<&StateKey, i64> =
             counts.current.iter().map(|(k, v)| (k, *v)).collect();
@@ -355,11 +368,9 @@ impl StateCollector {
 
         out.push(family(
             &defs.entries,
-            counts.entries.iter().map(|((k, s), v)| {
-                let mut labels = state_labels(k);
-                labels.extend(series(*s));
-                (labels, counter(*v as f64))
-            }),
+            by_series(&counts.entries)
+                .into_iter()
+                .map(|((k, s), v)| (with_series(k, *s), counter(*v as f64))),
         ));
 
         let mut transitions = Vec::new();
@@ -381,19 +392,16 @@ impl StateCollector {
 
         out.push(family(
             &defs.self_transitions,
-            counts
-                .self_transitions
-                .iter()
+            sorted(&counts.self_transitions)
+                .into_iter()
                 .map(|(k, v)| (state_labels(k), counter(*v as f64))),
         ));
 
         out.push(family(
             &defs.active,
-            counts.active.iter().map(|((k, s), v)| {
-                let mut labels = state_labels(k);
-                labels.extend(series(*s));
-                (labels, gauge(*v as f64))
-            }),
+            by_series(&counts.active)
+                .into_iter()
+                .map(|((k, s), v)| (with_series(k, *s), gauge(*v as f64))),
         ));
 
         let now = (self.clock)();
@@ -407,16 +415,15 @@ impl StateCollector {
         }
         out.push(family(
             &defs.oldest_age,
-            oldest
-                .iter()
+            sorted(&oldest)
+                .into_iter()
                 .map(|(k, since)| (state_labels(k), gauge(as_seconds((now - since).max(0))))),
         ));
 
         out.push(family(
             &defs.durations,
-            counts
-                .durations
-                .iter()
+            sorted(&counts.durations)
+                .into_iter()
                 .map(|(k, h)| (state_labels(k), histogram(h))),
         ));
     }
@@ -432,16 +439,7 @@ impl StateCollector {
                 .kinds()
                 .map(|k| (k, counts.kinds[k.index()].clone()))
                 .collect();
-            let series_values: Vec<Vec<String>> = (0..counts.series.len())
-                .map(|i| {
-                    counts
-                        .series
-                        .values(SeriesId(i as u32))
-                        .iter()
-                        .map(|v| v.to_string())
-                        .collect()
-                })
-                .collect();
+            let series_values = counts.series.sets().0.to_vec();
             (
                 kinds,
                 counts.events.clone(),
@@ -450,15 +448,9 @@ impl StateCollector {
                 counts.series.dims().len(),
             )
         };
-        let series = |id: SeriesId| -> Vec<String> {
-            series_values
-                .get(id.0 as usize)
-                .cloned()
-                .unwrap_or_else(|| vec![String::new(); dims])
-        };
         let mut out = Vec::new();
         for (kind, counts) in &kinds {
-            self.kind_families(*kind, counts, &series, &mut out);
+            self.kind_families(*kind, counts, &series_values, dims, &mut out);
         }
 
         let e = &self.exporter;
@@ -471,7 +463,7 @@ impl StateCollector {
         ));
         out.push(family(
             &e.duplicates,
-            [(vec![], counter(events.duplicates as f64))],
+            [(Vec::<Text>::new(), counter(events.duplicates as f64))],
         ));
         out.push(family(
             &e.rejected,
@@ -485,7 +477,7 @@ impl StateCollector {
         out.push(family(
             &e.connected,
             [(
-                vec![],
+                Vec::<Text>::new(),
                 gauge(if self.status.connected() { 1.0 } else { 0.0 }),
             )],
         ));
@@ -497,30 +489,39 @@ impl StateCollector {
                 .map(|(r, n)| (vec![r], counter(n as f64))),
         ));
         if let Some(last) = events.last_occurred {
-            out.push(family(&e.last_event, [(vec![], gauge(as_seconds(last)))]));
+            out.push(family(
+                &e.last_event,
+                [(Vec::<Text>::new(), gauge(as_seconds(last)))],
+            ));
         }
-        out.push(family(&e.delay, [(vec![], histogram(&events.delay))]));
+        out.push(family(
+            &e.delay,
+            [(Vec::<Text>::new(), histogram(&events.delay))],
+        ));
         out.push(family(
             &e.chain_gaps,
-            [(vec![], counter(events.chain_gaps as f64))],
+            [(Vec::<Text>::new(), counter(events.chain_gaps as f64))],
         ));
         let tracked: usize = self
             .shared
             .kinds()
             .map(|k| self.shared.table(k).runs.len())
             .sum();
-        out.push(family(&e.tracked, [(vec![], gauge(tracked as f64))]));
+        out.push(family(
+            &e.tracked,
+            [(Vec::<Text>::new(), gauge(tracked as f64))],
+        ));
         out.push(family(
             &e.dedup_ids,
-            [(vec![], gauge(events.dedup_ids as f64))],
+            [(Vec::<Text>::new(), gauge(events.dedup_ids as f64))],
         ));
         out.push(family(
             &e.dedup_evicted,
-            [(vec![], counter(events.dedup_evicted as f64))],
+            [(Vec::<Text>::new(), counter(events.dedup_evicted as f64))],
         ));
         out.push(family(
             &e.retired,
-            [(vec![], counter(events.runs_retired as f64))],
+            [(Vec::<Text>::new(), counter(events.runs_retired as f64))],
         ));
         out.push(family(
             &e.folded,
@@ -554,7 +555,7 @@ impl StateCollector {
         ));
         out.push(family(
             &e.repaired,
-            [(vec![], counter(checks.events_repaired as f64))],
+            [(Vec::<Text>::new(), counter(checks.events_repaired as f64))],
         ));
         let by_type = |values: [f64; 9], ty: fn(f64) -> Value| {
             StateType::ALL
@@ -572,11 +573,11 @@ impl StateCollector {
         ));
         out.push(family(
             &e.reconciliations,
-            [(vec![], counter(checks.reconciliations as f64))],
+            [(Vec::<Text>::new(), counter(checks.reconciliations as f64))],
         ));
         out.push(family(
             &e.backfill_gaps,
-            [(vec![], counter(checks.backfill_gaps as f64))],
+            [(Vec::<Text>::new(), counter(checks.backfill_gaps as f64))],
         ));
         let persist = self.shared.persist.lock().clone();
         if let Some(p) = persist {
@@ -587,14 +588,17 @@ impl StateCollector {
                     (vec!["error".to_owned()], counter(p.writes_failed as f64)),
                 ],
             ));
-            out.push(family(&e.state_bytes, [(vec![], gauge(p.bytes as f64))]));
+            out.push(family(
+                &e.state_bytes,
+                [(Vec::<Text>::new(), gauge(p.bytes as f64))],
+            ));
             out.push(family(
                 &e.state_write_seconds,
-                [(vec![], gauge(p.write_seconds))],
+                [(Vec::<Text>::new(), gauge(p.write_seconds))],
             ));
             out.push(family(
                 &e.state_pause_seconds,
-                [(vec![], gauge(p.pause_seconds))],
+                [(Vec::<Text>::new(), gauge(p.pause_seconds))],
             ));
         }
         out
@@ -642,8 +646,14 @@ impl HttpCollector {
     fn families(&self) -> Vec<Family<'_>> {
         let stats = &self.stats;
         vec![
-            family(&self.open, [(vec![], gauge(stats.open() as f64))]),
-            family(&self.refused, [(vec![], counter(stats.refused() as f64))]),
+            family(
+                &self.open,
+                [(Vec::<Text>::new(), gauge(stats.open() as f64))],
+            ),
+            family(
+                &self.refused,
+                [(Vec::<Text>::new(), counter(stats.refused() as f64))],
+            ),
             family(
                 &self.rejected,
                 Rejection::ALL.map(|r| {
@@ -686,18 +696,18 @@ impl Metrics {
         let _ = self.http.set(HttpCollector::new(stats));
     }
 
-    /// Every family as text in `format`. Families come in definition order, samples sorted
-    /// by label values, so consecutive scrapes differ only in values.
+    /// Every family as text in `format`. Families come in definition order and samples in a
+    /// fixed order (by state, label sets by first appearance), so consecutive scrapes differ
+    /// only in values.
     pub fn render(&self, format: Format) -> String {
         let mut encoder = Encoder::new(format);
         let http = self.http.get().map(HttpCollector::families);
-        for mut family in self
+        for family in self
             .state
             .families()
             .into_iter()
             .chain(http.into_iter().flatten())
         {
-            family.samples.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
             let def = family.def;
             encoder.family(
                 &def.name,
@@ -720,12 +730,52 @@ impl Metrics {
 /// One family's samples: label values (in the definition's order) and a value.
 struct Family<'d> {
     def: &'d Def,
-    samples: Vec<(Vec<String>, Value)>,
+    samples: Vec<(Vec<Text>, Value)>,
+}
+
+/// A label value: a fixed name, a shared name from the aggregates, or made at scrape time.
+/// Cloning a shared one never copies the text.
+#[derive(Clone)]
+enum Text {
+    Static(&'static str),
+    Shared(Arc<str>),
+    Owned(String),
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Shared(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Text {
+        Text::Owned(text)
+    }
 }
 
 enum Value {
     Number(f64),
     Histogram(Hist),
+}
+
+/// A map's entries in key order.
+fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries
+}
+
+/// Per-label-set entries in label-set order, then by state (cheap integer comparisons
+/// first: no text is compared between label sets).
+fn by_series<V>(map: &HashMap<(StateKey, SeriesId), V>) -> Vec<(&(StateKey, SeriesId), &V)> {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| (a.0 .1, &a.0 .0).cmp(&(b.0 .1, &b.0 .0)));
+    entries
 }
 
 fn counter(v: f64) -> Value {
@@ -740,10 +790,16 @@ fn histogram(h: &Hist) -> Value {
     Value::Histogram(h.clone())
 }
 
-fn family(def: &Def, samples: impl IntoIterator<Item = (Vec<String>, Value)>) -> Family<'_> {
+fn family<L: Into<Text>>(
+    def: &Def,
+    samples: impl IntoIterator<Item = (Vec<L>, Value)>,
+) -> Family<'_> {
     Family {
         def,
-        samples: samples.into_iter().collect(),
+        samples: samples
+            .into_iter()
+            .map(|(labels, value)| (labels.into_iter().map(Into::into).collect(), value))
+            .collect(),
     }
 }
 

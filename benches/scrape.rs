@@ -1,0 +1,69 @@
+//! Criterion bench of a `/metrics` scrape: rendering every family as text with 10,000
+//! series of the large families (5,000 deployments, each with one PENDING run: one entry
+//! series and one active series each), as `scripts/bench-e2e.sh` scrapes over HTTP.
+//!
+//! Run: `cargo bench --bench scrape`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use prefect_events_exporter::exposition::Format;
+use prefect_events_exporter::labels::GroupBy;
+use prefect_events_exporter::metrics::{Clock, Metrics};
+use prefect_events_exporter::pipeline::{Pipeline, PipelineConfig};
+use prefect_events_exporter::state::StateConfig;
+use prefect_events_exporter::status::Status;
+
+const DEPLOYMENTS: usize = 5_000;
+
+fn pipeline() -> Pipeline {
+    let mut p = Pipeline::new(PipelineConfig {
+        state: StateConfig {
+            track_task_runs: false,
+            terminal_retention: 3_600_000_000,
+            max_series: 10_000,
+            group_by: vec![GroupBy::Deployment],
+        },
+        dedup_window: 1_800_000_000,
+        dedup_capacity: 4_000_000,
+    });
+    let frames: Vec<String> = (0..DEPLOYMENTS)
+        .map(|i| {
+            format!(
+                concat!(
+                    r#"{{"id":"00000000-0000-7000-9000-{i:012x}","event":"prefect.flow-run.Pending","#,
+                    r#""occurred":"2026-11-25T01:00:00.000001Z","resource":{{"prefect.resource.id":"#,
+                    r#""prefect.flow-run.00000000-0000-4000-8000-{i:012x}","prefect.state-type":"PENDING","#,
+                    r#""prefect.state-name":"Pending"}},"related":[{{"prefect.resource.id":"prefect.deployment.{i}","#,
+                    r#""prefect.resource.role":"deployment","prefect.resource.name":"deployment-{i}"}}],"#,
+                    r#""payload":{{"initial_state":null,"validated_state":{{"type":"PENDING","name":"Pending"}}}}}}"#
+                ),
+                i = i
+            )
+        })
+        .collect();
+    p.ingest_batch(&frames);
+    p
+}
+
+fn benches(c: &mut Criterion) {
+    let p = pipeline();
+    let clock: Clock = Arc::new(|| 1_800_000_000_000_000);
+    let metrics = Metrics::new(p.shared(), Arc::new(Status::new()), clock);
+    let text = metrics.render(Format::Prometheus);
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    assert!(series > 2 * DEPLOYMENTS, "{series} series");
+    println!("scrape bench: {series} series, {} bytes", text.len());
+    let mut group = c.benchmark_group("scrape");
+    group.bench_function("prometheus_text", |b| {
+        b.iter(|| black_box(metrics.render(Format::Prometheus)))
+    });
+    group.bench_function("openmetrics", |b| {
+        b.iter(|| black_box(metrics.render(Format::OpenMetrics)))
+    });
+    group.finish();
+}
+
+criterion_group!(scrape, benches);
+criterion_main!(scrape);
