@@ -328,6 +328,7 @@ impl StateCollector {
         &'s self,
         kind: RunKind,
         counts: &KindCounts,
+        oldest: &[(StateKey, Micros)],
         series: &[crate::labels::LabelSet],
         dims: usize,
         out: &mut Vec<Family<'s>>,
@@ -405,18 +406,10 @@ impl StateCollector {
         ));
 
         let now = (self.clock)();
-        let mut oldest: HashMap<StateKey, Micros> = HashMap::new();
-        for record in self.shared.table(kind).runs.iter() {
-            if record.state.ty.is_terminal() {
-                continue;
-            }
-            let since = oldest.entry(record.state.clone()).or_insert(record.since);
-            *since = (*since).min(record.since);
-        }
         out.push(family(
             &defs.oldest_age,
-            sorted(&oldest)
-                .into_iter()
+            oldest
+                .iter()
                 .map(|(k, since)| (state_labels(k), gauge(as_seconds((now - since).max(0))))),
         ));
 
@@ -434,10 +427,17 @@ impl StateCollector {
     fn families(&self) -> Vec<Family<'_>> {
         let (kinds, events, checks, series_values, dims) = {
             let counts = self.shared.counts.lock();
-            let kinds: Vec<(RunKind, KindCounts)> = self
+            let kinds: Vec<(RunKind, KindCounts, Oldest)> = self
                 .shared
                 .kinds()
-                .map(|k| (k, counts.kinds[k.index()].clone()))
+                .map(|k| {
+                    let mut oldest: Vec<(StateKey, Micros)> = counts.waiting[k.index()]
+                        .oldest()
+                        .map(|(state, since)| (state.clone(), since))
+                        .collect();
+                    oldest.sort_unstable();
+                    (k, counts.kinds[k.index()].clone(), oldest)
+                })
                 .collect();
             let series_values = counts.series.sets().0.to_vec();
             (
@@ -449,8 +449,8 @@ impl StateCollector {
             )
         };
         let mut out = Vec::new();
-        for (kind, counts) in &kinds {
-            self.kind_families(*kind, counts, &series_values, dims, &mut out);
+        for (kind, counts, oldest) in &kinds {
+            self.kind_families(*kind, counts, oldest, &series_values, dims, &mut out);
         }
 
         let e = &self.exporter;
@@ -762,6 +762,9 @@ enum Value {
     Number(f64),
     Histogram(Hist),
 }
+
+/// When the longest-waiting run of each non-terminal state entered it, by state.
+type Oldest = Vec<(StateKey, Micros)>;
 
 /// A map's entries in key order.
 fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {

@@ -421,4 +421,54 @@ mod tests {
             Outcome::Rejected(RejectReason::MalformedJson)
         );
     }
+
+    #[test]
+    fn the_waiting_index_matches_the_runs_on_real_recordings() {
+        let mut p = Pipeline::new(PipelineConfig {
+            state: StateConfig {
+                track_task_runs: true,
+                terminal_retention: 3_600 * crate::timestamp::SECOND,
+                max_series: 100,
+                group_by: vec![],
+            },
+            dedup_window: 1_800 * crate::timestamp::SECOND,
+            dedup_capacity: 100_000,
+        });
+        for name in [
+            "prefect-3.9.1-main.jsonl",
+            "prefect-3.9.1-burst-live-lossy.jsonl",
+            "prefect-3.9.1-burst-backfill.jsonl",
+            "synthetic-out-of-order.jsonl",
+        ] {
+            let path = format!("{}/replay-data/{name}", env!("CARGO_MANIFEST_DIR"));
+            let bytes = std::fs::read(path).unwrap();
+            p.ingest_batch(bytes.split(|&b| b == b'\n'));
+        }
+        let shared = p.shared();
+        let counts = shared.counts.lock();
+        let mut checked = 0;
+        for kind in RunKind::ALL {
+            let mut scanned: Vec<(String, i64, u128)> = shared
+                .table(kind)
+                .runs
+                .iter()
+                .filter(|r| !r.state.ty.is_terminal())
+                .map(|r| (r.state.name.to_string(), r.since, *r.key()))
+                .collect();
+            let waiting = &counts.waiting[kind.index()];
+            let mut indexed: Vec<(String, i64, u128)> = waiting
+                .oldest()
+                .flat_map(|(state, _)| {
+                    waiting
+                        .entered_before(state, i64::MAX)
+                        .map(move |(since, key)| (state.name.to_string(), since, key))
+                })
+                .collect();
+            scanned.sort_unstable();
+            indexed.sort_unstable();
+            assert_eq!(indexed, scanned, "{kind:?}");
+            checked += scanned.len();
+        }
+        assert!(checked > 0, "the recordings leave runs waiting");
+    }
 }

@@ -339,7 +339,23 @@ impl ResourceList {
     pub fn build(shared: &Shared, query: &ResourceQuery, now: Micros) -> ResourceList {
         let kind = query.kind;
         let mut matching: Vec<(Micros, RunKey)> = Vec::new();
-        if shared.kinds().any(|k| k == kind) {
+        let tracked = shared.kinds().any(|k| k == kind);
+        let indexed = query.state_type.filter(|t| !t.is_terminal());
+        if let (true, Some(state_type)) = (tracked, indexed) {
+            // Non-terminal states are indexed by entry time: no scan of every run.
+            let before = query.older_than.map_or(Micros::MAX, |age| now - age);
+            let counts = shared.counts.lock();
+            let waiting = &counts.waiting[kind.index()];
+            for (state, _) in waiting.oldest() {
+                let name_ok = query
+                    .state_name
+                    .as_deref()
+                    .is_none_or(|n| state.name.as_ref() == n);
+                if state.ty == state_type && name_ok {
+                    matching.extend(waiting.entered_before(state, before));
+                }
+            }
+        } else if tracked {
             for entry in shared.table(kind).runs.iter() {
                 let record = entry.value();
                 let keep = query.state_type.is_none_or(|t| record.state.ty == t)

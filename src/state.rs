@@ -341,6 +341,63 @@ pub struct Counts {
     pub ledger: Option<Ledger>,
     /// Verification and reconciliation counters.
     pub checks: CheckCounts,
+    /// Tracked runs in each non-terminal state, by when they entered it, per kind: the
+    /// oldest-age gauges and stuck-run lists read the first entries instead of every run.
+    pub waiting: [Waiting; 2],
+}
+
+/// Tracked runs in non-terminal states, ordered by when they entered the state.
+#[derive(Clone, Debug, Default)]
+pub struct Waiting {
+    by_state: HashMap<StateKey, std::collections::BTreeSet<(Micros, RunKey)>>,
+}
+
+impl Waiting {
+    /// Notes that run `key` moved from `old` (state, since) to `new`; terminal states are
+    /// not indexed.
+    pub fn moved(
+        &mut self,
+        key: RunKey,
+        old: Option<(&StateKey, Micros)>,
+        new: Option<(&StateKey, Micros)>,
+    ) {
+        if old == new {
+            return;
+        }
+        if let Some((state, since)) = old.filter(|(s, _)| !s.ty.is_terminal()) {
+            if let Some(set) = self.by_state.get_mut(state) {
+                set.remove(&(since, key));
+                if set.is_empty() {
+                    self.by_state.remove(state);
+                }
+            }
+        }
+        if let Some((state, since)) = new.filter(|(s, _)| !s.ty.is_terminal()) {
+            self.by_state
+                .entry(state.clone())
+                .or_default()
+                .insert((since, key));
+        }
+    }
+
+    /// When the longest-waiting run of each non-terminal state entered it.
+    pub fn oldest(&self) -> impl Iterator<Item = (&StateKey, Micros)> + '_ {
+        self.by_state
+            .iter()
+            .filter_map(|(state, set)| set.first().map(|&(since, _)| (state, since)))
+    }
+
+    /// Runs in `state` that entered it at or before `before`, longest waiting first.
+    pub fn entered_before(
+        &self,
+        state: &StateKey,
+        before: Micros,
+    ) -> impl Iterator<Item = (Micros, RunKey)> + '_ {
+        self.by_state
+            .get(state)
+            .into_iter()
+            .flat_map(move |set| set.range(..=(before, RunKey::MAX)).copied())
+    }
 }
 
 /// Counters of verification, repair and reconciliation.
@@ -459,6 +516,7 @@ impl Tracker {
             baseline_epoch: 0,
             ledger: None,
             checks: CheckCounts::default(),
+            waiting: Default::default(),
         };
         let shared = Arc::new(Shared {
             tables: Default::default(),
@@ -515,9 +573,11 @@ impl Tracker {
 
     /// Replaces everything with restored aggregates and runs (a state file), and rebuilds the
     /// retention queue from the terminal runs.
-    pub fn install(&mut self, counts: Counts, runs: Vec<(RunKind, RunKey, RunRecord)>) {
+    pub fn install(&mut self, mut counts: Counts, runs: Vec<(RunKind, RunKey, RunRecord)>) {
         let mut retention: Vec<(Micros, RunKind, RunKey)> = Vec::new();
+        counts.waiting = Default::default();
         for (kind, key, record) in runs {
+            counts.waiting[kind.index()].moved(key, None, Some((&record.state, record.since)));
             if record.state.ty.is_terminal() {
                 retention.push((record.last_occurred, kind, key));
             }
@@ -566,6 +626,7 @@ impl Tracker {
         let series = counts.series.id_for(&event.related);
         counts.events.folded_label_sets = counts.series.folded();
         let kc = &mut counts.kinds[kind.index()];
+        let waiting = &mut counts.waiting[kind.index()];
         if from.as_ref() == Some(&to) {
             *kc.self_transitions.entry(to.clone()).or_default() += 1;
             counts.events.self_transitions += 1;
@@ -607,6 +668,7 @@ impl Tracker {
                     kc.add_current(state, -1);
                 }
                 kc.add_active(&to, series, 1);
+                waiting.moved(key, None, Some((&to, change.timestamp)));
                 if to.ty.is_terminal() {
                     self.retention.push_back((event.occurred, kind, key));
                 }
@@ -668,6 +730,7 @@ impl Tracker {
                 }
                 if (change.timestamp, event.id) > (record.state_at, record.state_event) {
                     let was_terminal = record.state.ty.is_terminal();
+                    let before = (record.state != to).then(|| (record.state.clone(), record.since));
                     if record.state != to {
                         kc.add_current(&record.state, -1);
                         kc.add_current(&to, 1);
@@ -684,6 +747,13 @@ impl Tracker {
                     record.series = series;
                     record.state_at = change.timestamp;
                     record.state_event = event.id;
+                    if let Some((state, since)) = before {
+                        waiting.moved(
+                            key,
+                            Some((&state, since)),
+                            Some((&record.state, record.since)),
+                        );
+                    }
                     if record.state.ty.is_terminal() && !was_terminal {
                         self.retention.push_back((record.last_occurred, kind, key));
                     }
@@ -712,6 +782,7 @@ impl Tracker {
         };
         let series = counts.series.id_for(&related);
         counts.kinds[kind.index()].add_active(&state, series, 1);
+        counts.waiting[kind.index()].moved(key, None, Some((&state, at)));
         vacant.insert(RunRecord {
             odd_id: (!canonical).then(|| format!("{}{}", kind.resource_prefix(), run.id).into()),
             name: run.name.as_deref().map(Into::into),

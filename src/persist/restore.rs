@@ -194,6 +194,8 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
             reconciliations: c.checks.reconciliations,
             backfill_gaps: c.checks.backfill_gaps,
         },
+        // Rebuilt from the runs by `install`.
+        waiting: Default::default(),
     };
     tracker.install(counts, runs);
     pipeline.replace_dedup(Dedup::from_buckets(buckets.clone()));
