@@ -6,11 +6,14 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::timestamp::{Micros, SECOND};
 
+/// Distinct events of one second, by event name.
+pub type Names = crate::state::FastMap<Box<str>, u32>;
+
 /// Distinct events per second of `occurred`, by event name.
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
     prefixes: Vec<&'static str>,
-    seconds: BTreeMap<i64, HashMap<Box<str>, u32>>,
+    seconds: BTreeMap<i64, Names>,
 }
 
 impl Ledger {
@@ -23,15 +26,12 @@ impl Ledger {
     }
 
     /// A ledger of `prefixes` holding saved per-second counts.
-    pub fn from_seconds(
-        prefixes: Vec<&'static str>,
-        seconds: BTreeMap<i64, HashMap<Box<str>, u32>>,
-    ) -> Ledger {
+    pub fn from_seconds(prefixes: Vec<&'static str>, seconds: BTreeMap<i64, Names>) -> Ledger {
         Ledger { prefixes, seconds }
     }
 
     /// The per-second counts, oldest first.
-    pub fn seconds(&self) -> &BTreeMap<i64, HashMap<Box<str>, u32>> {
+    pub fn seconds(&self) -> &BTreeMap<i64, Names> {
         &self.seconds
     }
 

@@ -767,7 +767,7 @@ enum Value {
 type Oldest = Vec<(StateKey, Micros)>;
 
 /// A map's entries in key order.
-fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {
+fn sorted<K: Ord, V, S>(map: &HashMap<K, V, S>) -> Vec<(&K, &V)> {
     let mut entries: Vec<_> = map.iter().collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
     entries
@@ -775,7 +775,7 @@ fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {
 
 /// Per-label-set entries in label-set order, then by state (cheap integer comparisons
 /// first: no text is compared between label sets).
-fn by_series<V>(map: &HashMap<(StateKey, SeriesId), V>) -> Vec<(&(StateKey, SeriesId), &V)> {
+fn by_series<V, S>(map: &HashMap<(StateKey, SeriesId), V, S>) -> Vec<(&(StateKey, SeriesId), &V)> {
     let mut entries: Vec<_> = map.iter().collect();
     entries.sort_unstable_by(|a, b| (a.0 .1, &a.0 .0).cmp(&(b.0 .1, &b.0 .0)));
     entries

@@ -228,21 +228,25 @@ pub const DELAY_BUCKETS: [f64; 12] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0,
 ];
 
+/// A hash map with a fast hasher, for keys the event stream cannot choose freely (state
+/// names and label sets are capped by `--max-series`).
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Aggregates of one run kind.
 #[derive(Clone, Debug, Default)]
 pub struct KindCounts {
     /// Runs currently in each state.
-    pub current: HashMap<StateKey, i64>,
+    pub current: FastMap<StateKey, i64>,
     /// Entries into each state, by group-by label set (self-transitions excluded).
-    pub entries: HashMap<(StateKey, SeriesId), u64>,
+    pub entries: FastMap<(StateKey, SeriesId), u64>,
     /// Transitions by type: `[from type index, or 9 for a new run][to type index]`.
     pub transitions: [[u64; 9]; 10],
     /// Same-state events by state.
-    pub self_transitions: HashMap<StateKey, u64>,
+    pub self_transitions: FastMap<StateKey, u64>,
     /// Tracked non-terminal runs by state and group-by label set.
-    pub active: HashMap<(StateKey, SeriesId), i64>,
+    pub active: FastMap<(StateKey, SeriesId), i64>,
     /// Time spent in each state, observed when a run leaves it.
-    pub durations: HashMap<StateKey, Histogram>,
+    pub durations: FastMap<StateKey, Histogram>,
 }
 
 impl KindCounts {
@@ -349,7 +353,7 @@ pub struct Counts {
 /// Tracked runs in non-terminal states, ordered by when they entered the state.
 #[derive(Clone, Debug, Default)]
 pub struct Waiting {
-    by_state: HashMap<StateKey, std::collections::BTreeSet<(Micros, RunKey)>>,
+    by_state: FastMap<StateKey, std::collections::BTreeSet<(Micros, RunKey)>>,
 }
 
 impl Waiting {
@@ -437,7 +441,7 @@ impl Counts {
                 drift[key.ty.index()] -= value;
             }
         }
-        *current = totals;
+        *current = totals.into_iter().collect();
         drift
     }
 

@@ -112,7 +112,7 @@ fn page(store: &Store, base_url: &str, raw_filter: &Value, offset: usize) -> Htt
     });
     let items: Vec<Value> = events[offset.min(end)..end]
         .iter()
-        .filter_map(|e| serde_json::from_str(&e.json).ok())
+        .filter_map(|e| serde_json::from_str(e.json()).ok())
         .collect();
     json(
         StatusCode::OK,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -59,14 +60,23 @@ pub struct StoredEvent {
     pub resource_id: String,
     /// The run state it carries, if it is a state event of a run.
     pub run: Option<RunInfo>,
-    /// The event object as JSON text.
-    pub json: String,
+    /// The websocket frame carrying it, made once (sending clones a reference).
+    frame: Utf8Bytes,
 }
+
+/// What goes before the event object in its frame.
+const FRAME_HEAD: &str = r#"{"type":"event","event":"#;
 
 impl StoredEvent {
     /// The websocket frame carrying it.
-    pub fn frame(&self) -> String {
-        format!(r#"{{"type":"event","event":{}}}"#, self.json)
+    pub fn frame(&self) -> Utf8Bytes {
+        self.frame.clone()
+    }
+
+    /// The event object as JSON text.
+    pub fn json(&self) -> &str {
+        let frame: &str = &self.frame;
+        &frame[FRAME_HEAD.len()..frame.len() - 1]
     }
 
     /// The filter's view of it.
@@ -261,7 +271,7 @@ fn stored(
         occurred: event.occurred,
         resource_id: event.resource_id.to_string(),
         run,
-        json,
+        frame: Utf8Bytes::from(format!("{FRAME_HEAD}{json}}}")),
     })
 }
 

@@ -202,8 +202,9 @@ async fn send_event(
     event: &Arc<StoredEvent>,
     injector: &mut Injector<'_>,
 ) -> Result<(), End> {
+    // Fed, not flushed: frames go out in large writes; callers flush when they run dry.
     socket
-        .send(Message::text(event.frame()))
+        .feed(Message::Text(event.frame()))
         .await
         .map_err(|_| End::Gone)?;
     injector.sent += 1;
@@ -214,17 +215,24 @@ async fn send_event(
         let index = rand::rng().random_range(0..injector.history.len());
         let again = injector.history[index].clone();
         socket
-            .send(Message::text(again.frame()))
+            .feed(Message::Text(again.frame()))
             .await
             .map_err(|_| End::Gone)?;
     }
     if injector.faults.stall_ms > 0 && injector.sent.is_multiple_of(STALL_EVERY) {
+        flush(socket).await?;
         tokio::time::sleep(Duration::from_millis(injector.faults.stall_ms)).await;
     }
     if let Some(end) = injector.disconnect_due() {
+        flush(socket).await?;
         return Err(end);
     }
     Ok(())
+}
+
+/// Sends what was fed.
+async fn flush(socket: &mut Socket) -> Result<(), End> {
+    socket.flush().await.map_err(|_| End::Gone)
 }
 
 async fn stream(
@@ -258,6 +266,9 @@ async fn stream(
                 return end;
             }
         }
+        if let Err(end) = flush(socket).await {
+            return end;
+        }
     }
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.tick().await;
@@ -281,6 +292,9 @@ async fn stream(
                     if let Err(end) = send_event(socket, &next, &mut injector).await {
                         return end;
                     }
+                }
+                if let Err(end) = flush(socket).await {
+                    return end;
                 }
             }
             incoming = socket.next() => match incoming {
@@ -309,6 +323,12 @@ async fn stream(
                     let index = rand::rng().random_range(0..injector.reorder.len());
                     let Some(next) = injector.reorder.remove(index) else { break };
                     if let Err(end) = send_event(socket, &next, &mut injector).await {
+                        return end;
+                    }
+                }
+                // More released already: keep filling the buffer; else send now.
+                if live.is_empty() {
+                    if let Err(end) = flush(socket).await {
                         return end;
                     }
                 }

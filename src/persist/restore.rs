@@ -3,7 +3,7 @@
 //! Every index in the file is checked, so a file that passes its checksum but does not fit
 //! (written by a buggy build, or edited) is refused with a message instead of panicking.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::format::{HistogramV1, KindV1, RunV1, StateV1, StrV1};
@@ -177,7 +177,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
             let seconds = seconds
                 .iter()
                 .map(|(s, names)| {
-                    let names: HashMap<Box<str>, u32> =
+                    let names: crate::ledger::Names =
                         names.iter().map(|(n, c)| (n.as_str().into(), *c)).collect();
                     (*s, names)
                 })
