@@ -13,7 +13,7 @@ Measures, printing one `RESULT name value unit` line each:
   5. peak RSS of `replay` holding 1,000,000 tracked runs and 4,000,000 dedup ids;
   6. `--state-file` with those: file size, write and load time, and the ingestion pause of a
      snapshot once they are all in memory.
-`--only ws`, `--only scrape` or `--only state-file` runs just that stage.
+`--only ws|scrape|memory|state-file` runs just that stage.
 """
 import argparse
 import json
@@ -353,11 +353,14 @@ def main():
     parser.add_argument("--python", required=True)
     parser.add_argument("--copies", type=int, default=25)
     parser.add_argument("--runs", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=["state-file", "scrape", "ws"], help="run one stage")
+    parser.add_argument("--only", choices=["state-file", "scrape", "ws", "memory"], help="run one stage")
     args = parser.parse_args()
     if args.only == "state-file":
         with tempfile.TemporaryDirectory() as tmp:
             bench_state_file(args.bin, args.runs, 4, tmp)
+        return
+    if args.only == "memory":
+        bench_memory(args.bin, args.runs, 4)
         return
     if args.only == "ws":
         with tempfile.TemporaryDirectory() as tmp:
