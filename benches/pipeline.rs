@@ -75,6 +75,7 @@ fn config() -> PipelineConfig {
             track_task_runs: true,
             terminal_retention: 3600 * SECOND,
             max_series: 10_000,
+            max_tracked_runs: 1_000_000,
             group_by: vec![GroupBy::Deployment, GroupBy::WorkPool],
         },
         dedup_window: 1800 * SECOND,

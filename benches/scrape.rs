@@ -23,6 +23,7 @@ fn pipeline() -> Pipeline {
             track_task_runs: false,
             terminal_retention: 3_600_000_000,
             max_series: 10_000,
+            max_tracked_runs: 1_000_000,
             group_by: vec![GroupBy::Deployment],
         },
         dedup_window: 1_800_000_000,

@@ -242,6 +242,12 @@ pub struct EngineArgs {
     #[arg(long, env = "PREFECT_EXPORTER_MAX_SERIES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_series: u64,
 
+    /// The most runs of each kind held in memory; past it, the terminal run longest without
+    /// an event (or else the run waiting longest in its state) is dropped, its contribution
+    /// to the totals kept. Bounds memory against a flood of distinct run ids.
+    #[arg(long, env = "PREFECT_EXPORTER_MAX_TRACKED_RUNS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tracked_runs: u64,
+
     /// Forget terminal runs after this long (event time) without an event; their
     /// contribution to the totals stays.
     #[arg(long, env = "PREFECT_EXPORTER_TERMINAL_RETENTION", default_value = "1h", value_parser = parse_duration)]
@@ -256,6 +262,7 @@ impl EngineArgs {
                 track_task_runs: self.task_runs,
                 terminal_retention: micros(self.terminal_retention),
                 max_series: usize::try_from(self.max_series).unwrap_or(usize::MAX),
+                max_tracked_runs: usize::try_from(self.max_tracked_runs).unwrap_or(usize::MAX),
                 group_by: self.group_by.0.clone(),
             },
             dedup_window: micros(self.dedup_window),

@@ -135,6 +135,7 @@ struct ExporterDefs {
     dedup_ids: Def,
     dedup_evicted: Def,
     retired: Def,
+    evicted: Def,
     folded: Def,
     windows: Def,
     repaired: Def,
@@ -220,6 +221,12 @@ impl ExporterDefs {
             retired: Def::new(
                 "prefect_exporter_runs_retired_total",
                 "Terminal runs dropped from memory after the retention period (their counts stay).",
+                Kind::Counter,
+                &[],
+            ),
+            evicted: Def::new(
+                "prefect_exporter_runs_evicted_total",
+                "Runs dropped from memory because --max-tracked-runs were held; their contribution to the totals stays.",
                 Kind::Counter,
                 &[],
             ),
@@ -522,6 +529,10 @@ impl StateCollector {
         out.push(family(
             &e.retired,
             [(Vec::<Text>::new(), counter(events.runs_retired as f64))],
+        ));
+        out.push(family(
+            &e.evicted,
+            [(Vec::<Text>::new(), counter(events.runs_evicted as f64))],
         ));
         out.push(family(
             &e.folded,

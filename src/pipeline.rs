@@ -429,6 +429,7 @@ mod tests {
                 track_task_runs: true,
                 terminal_retention: 3_600 * crate::timestamp::SECOND,
                 max_series: 100,
+                max_tracked_runs: 1_000_000,
                 group_by: vec![],
             },
             dedup_window: 1_800 * crate::timestamp::SECOND,

@@ -48,6 +48,8 @@ pub struct StateConfig {
     pub terminal_retention: Micros,
     /// Cap on group-by label sets and on distinct state names.
     pub max_series: usize,
+    /// Cap on runs of each kind held in memory (`--max-tracked-runs`).
+    pub max_tracked_runs: usize,
     /// Group-by dimensions, in label order.
     pub group_by: Vec<crate::labels::GroupBy>,
 }
@@ -294,6 +296,8 @@ pub struct EventCounts {
     pub dedup_evicted: u64,
     /// Terminal runs dropped from memory after the retention period.
     pub runs_retired: u64,
+    /// Runs dropped from memory at `--max-tracked-runs`.
+    pub runs_evicted: u64,
     /// State events whose state name was folded into `__other__`.
     pub folded_state_names: u64,
     /// State events whose group-by label set was folded into `__other__`.
@@ -315,6 +319,7 @@ impl Default for EventCounts {
             dedup_ids: 0,
             dedup_evicted: 0,
             runs_retired: 0,
+            runs_evicted: 0,
             folded_state_names: 0,
             folded_label_sets: 0,
         }
@@ -651,7 +656,7 @@ impl Tracker {
         let baseline = counts.baseline;
         let epoch = counts.baseline_epoch;
         let table = &self.shared.tables[kind.index()];
-        match table.runs.entry(key) {
+        let inserted = match table.runs.entry(key) {
             Entry::Vacant(vacant) => {
                 let mut base = BaseAnchor {
                     epoch,
@@ -693,6 +698,7 @@ impl Tracker {
                 record.count_transition(&from, &to);
                 record.remember(transition);
                 vacant.insert(record);
+                true
             }
             Entry::Occupied(mut occupied) => {
                 let record = occupied.get_mut();
@@ -762,6 +768,49 @@ impl Tracker {
                         self.retention.push_back((record.last_occurred, kind, key));
                     }
                 }
+                false
+            }
+        };
+        if inserted {
+            self.enforce_cap(counts, kind, key);
+        }
+    }
+
+    /// Keeps at most `--max-tracked-runs` runs of `kind` in memory: past it, drops the
+    /// terminal run longest without an event or else the run waiting longest in a
+    /// non-terminal state (never `keep`, the run just added). Its contribution to the totals
+    /// stays, as with retirement; the drop is counted.
+    fn enforce_cap(&mut self, counts: &mut Counts, kind: RunKind, keep: RunKey) {
+        let table = &self.shared.tables[kind.index()];
+        while table.runs.len() > self.config.max_tracked_runs {
+            // The queue's front holds the terminal runs longest without an event; entries of
+            // the other kind are skipped, a bounded number, so a cap stays cheap.
+            let terminal = self
+                .retention
+                .iter()
+                .take(64)
+                .position(|&(_, k, key)| k == kind && key != keep);
+            let victim = match terminal {
+                Some(position) => self.retention.remove(position).map(|(_, _, key)| key),
+                None => counts.waiting[kind.index()]
+                    .oldest()
+                    .min_by_key(|&(_, since)| since)
+                    .and_then(|(state, _)| {
+                        counts.waiting[kind.index()]
+                            .entered_before(state, Micros::MAX)
+                            .map(|(_, key)| key)
+                            .find(|&key| key != keep)
+                    }),
+            };
+            let Some(victim) = victim else { return };
+            let Some((_, record)) = table.runs.remove(&victim) else {
+                continue;
+            };
+            counts.waiting[kind.index()].moved(victim, Some((&record.state, record.since)), None);
+            counts.kinds[kind.index()].add_active(&record.state, record.series, -1);
+            counts.events.runs_evicted += 1;
+            if let Some(dirty) = self.dirty.as_mut() {
+                dirty.insert((kind, victim));
             }
         }
     }
@@ -806,6 +855,7 @@ impl Tracker {
                 state: Some(state),
             },
         });
+        self.enforce_cap(counts, kind, key);
     }
 
     /// Drops terminal runs with no event for the retention period before `now` (event time).

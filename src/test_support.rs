@@ -14,6 +14,7 @@ pub fn pipeline() -> Pipeline {
             track_task_runs: false,
             terminal_retention: 3600 * SECOND,
             max_series: 100,
+            max_tracked_runs: 1_000_000,
             group_by: vec![],
         },
         dedup_window: 1800 * SECOND,

@@ -180,6 +180,8 @@ pub struct EventsV1 {
     pub delay: HistogramV1,
     /// Runs retired.
     pub runs_retired: u64,
+    /// Runs evicted at the cap.
+    pub runs_evicted: u64,
     /// State names folded.
     pub folded_state_names: u64,
     /// Label sets folded.

@@ -303,6 +303,7 @@ impl Mirror {
                 last_occurred: e.last_occurred,
                 delay: histogram(&e.delay),
                 runs_retired: e.runs_retired,
+                runs_evicted: e.runs_evicted,
                 folded_state_names: e.folded_state_names,
                 folded_label_sets: e.folded_label_sets,
             },

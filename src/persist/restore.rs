@@ -167,6 +167,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
             dedup_ids: buckets.len() as u64,
             dedup_evicted: buckets.evicted_by_capacity(),
             runs_retired: e.runs_retired,
+            runs_evicted: e.runs_evicted,
             folded_state_names: e.folded_state_names,
             folded_label_sets: e.folded_label_sets,
         },

@@ -16,24 +16,34 @@ const MAX_SERIES: u64 = 50;
 const DEDUP_CAPACITY: u64 = 20_000;
 /// `--terminal-retention 10s` at one event per ms keeps the runs of the last 10,001 ms.
 const RETAINED: u64 = 10_001;
+/// `--max-tracked-runs` (above `RETAINED`, so the terminal flood never reaches it).
+const MAX_TRACKED: u64 = 15_000;
 
-fn write_flood(path: &Path, n: u64) {
+/// `n` new runs entering a state: `Done-i` (COMPLETED) when `terminal`, else RUNNING.
+fn write_flood(path: &Path, n: u64, terminal: bool) {
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     for i in 0..n {
         let (s, ms) = (i / 1000, i % 1000);
+        let (ty, name) = if terminal {
+            ("COMPLETED", format!("Done-{i}"))
+        } else {
+            ("RUNNING", "Running".to_owned())
+        };
         writeln!(
             out,
             concat!(
-                r#"{{"id":"{i:08x}-0000-7000-8000-000000000000","event":"prefect.flow-run.Done-{i}","#,
+                r#"{{"id":"{i:08x}-0000-7000-8000-000000000000","event":"prefect.flow-run.{name}","#,
                 r#""occurred":"2026-11-25T02:{m:02}:{s:02}.{ms:03}000Z","#,
                 r#""resource":{{"prefect.resource.id":"prefect.flow-run.{i:08x}-0000-4000-8000-000000000000","#,
-                r#""prefect.state-type":"COMPLETED","prefect.state-name":"Done-{i}"}},"#,
+                r#""prefect.state-type":"{ty}","prefect.state-name":"{name}"}},"#,
                 r#""related":[{{"prefect.resource.id":"prefect.deployment.{i:08x}-0000-4000-8000-000000000000","#,
                 r#""prefect.resource.role":"deployment","prefect.resource.name":"dep-{i}"}}],"#,
                 r#""payload":{{"initial_state":{{"type":"RUNNING","name":"Running"}},"#,
-                r#""validated_state":{{"type":"COMPLETED","name":"Done-{i}"}}}}}}"#
+                r#""validated_state":{{"type":"{ty}","name":"{name}"}}}}}}"#
             ),
             i = i,
+            ty = ty,
+            name = name,
             m = s / 60,
             s = s % 60,
             ms = ms,
@@ -42,11 +52,11 @@ fn write_flood(path: &Path, n: u64) {
     }
 }
 
-/// Replays a flood of `n` events; returns the metrics (name with labels -> value) and the
-/// peak RSS in MB from the summary line.
-fn replay_flood(dir: &Path, n: u64) -> (HashMap<String, f64>, f64) {
-    let path = dir.join(format!("flood-{n}.jsonl"));
-    write_flood(&path, n);
+/// Replays a flood of `n` events (see [`write_flood`]); returns the metrics (name with
+/// labels -> value) and the peak RSS in MB from the summary line.
+fn replay_flood(dir: &Path, n: u64, terminal: bool) -> (HashMap<String, f64>, f64) {
+    let path = dir.join(format!("flood-{n}-{terminal}.jsonl"));
+    write_flood(&path, n, terminal);
     let output = run_to_end(&[
         "replay",
         path.to_str().unwrap(),
@@ -58,6 +68,8 @@ fn replay_flood(dir: &Path, n: u64) -> (HashMap<String, f64>, f64) {
         &DEDUP_CAPACITY.to_string(),
         "--terminal-retention",
         "10s",
+        "--max-tracked-runs",
+        &MAX_TRACKED.to_string(),
     ]);
     assert!(output.status.success());
     let metrics = String::from_utf8(output.stdout)
@@ -115,13 +127,45 @@ fn check_caps(metrics: &HashMap<String, f64>, n: u64) {
 #[test]
 fn floods_of_ids_names_and_label_values_stay_within_the_caps() {
     let dir = tempfile::tempdir().unwrap();
-    let (small, small_rss) = replay_flood(dir.path(), 50_000);
+    let (small, small_rss) = replay_flood(dir.path(), 50_000, true);
     check_caps(&small, 50_000);
-    let (large, large_rss) = replay_flood(dir.path(), 200_000);
+    let (large, large_rss) = replay_flood(dir.path(), 200_000, true);
     check_caps(&large, 200_000);
     eprintln!("peak RSS: {small_rss} MB at 50,000 events, {large_rss} MB at 200,000");
     assert!(
         large_rss < small_rss + 8.0,
         "memory grew with the flood: {small_rss} MB -> {large_rss} MB"
     );
+}
+
+#[test]
+fn a_flood_of_runs_that_never_finish_stays_within_max_tracked_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rss = Vec::new();
+    for n in [50_000, 200_000] {
+        let (metrics, peak) = replay_flood(dir.path(), n, false);
+        let get = |name: &str| {
+            *metrics
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} missing")) as u64
+        };
+        // Every run still counts; only the longest-waiting ones left memory.
+        assert_eq!(
+            get("prefect_flow_runs{state_type=\"RUNNING\",state_name=\"Running\"}"),
+            n
+        );
+        assert_eq!(get("prefect_exporter_tracked_resources"), MAX_TRACKED);
+        assert_eq!(get("prefect_exporter_runs_evicted_total"), n - MAX_TRACKED);
+        // The survivors are the newest runs, whose deployments all folded into __other__.
+        assert_eq!(
+            get("prefect_flow_runs_active{state_type=\"RUNNING\",state_name=\"Running\",deployment=\"__other__\",work_pool=\"__other__\"}"),
+            MAX_TRACKED
+        );
+        rss.push(peak);
+    }
+    eprintln!(
+        "peak RSS: {} MB at 50,000 running runs, {} MB at 200,000",
+        rss[0], rss[1]
+    );
+    assert!(rss[1] < rss[0] + 8.0, "memory grew with the flood: {rss:?}");
 }

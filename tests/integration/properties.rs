@@ -42,6 +42,7 @@ fn pipeline() -> Pipeline {
             track_task_runs: true,
             terminal_retention: 3_600_000_000,
             max_series: 100,
+            max_tracked_runs: 1_000_000,
             group_by: vec![],
         },
         dedup_window: 1_800_000_000,
