@@ -276,18 +276,31 @@ for r in range(first, first + runs):
 """
 
 
-def bench_memory(binary, runs, per_run):
+def peak_rss(binary, runs, per_run, *args):
+    """`replay` of the generated stream with `args`; returns (summary line, counts, peak RSS MB)."""
     gen = subprocess.Popen([sys.executable, "-c", GENERATOR, str(runs), str(per_run)], stdout=subprocess.PIPE)
-    out = subprocess.run([binary, "replay", "/dev/stdin", "--dedup-capacity", str(runs * per_run)], stdin=gen.stdout,
+    out = subprocess.run([binary, "replay", "/dev/stdin", *args], stdin=gen.stdout,
                          capture_output=True, text=True, timeout=1800)
     gen.wait()
     summary = out.stderr.strip().splitlines()[-1]
-    counts = json.loads(out.stdout)
-    rss = float(re.search(r"peak RSS (\d+) MB", summary).group(1))
+    return summary, json.loads(out.stdout), float(re.search(r"peak RSS (\d+) MB", summary).group(1))
+
+
+def bench_memory(binary, runs, per_run):
+    summary, counts, rss = peak_rss(binary, runs, per_run, "--dedup-capacity", str(runs * per_run))
     result("replay_summary", json.dumps(summary), "")
     result("memory_tracked_runs", counts["flow_runs"]["total"], "runs")
     result("memory_events", counts["events"]["received"], "events")
     result("memory_peak_rss_mb", rss, "MB")
+
+
+def bench_memory_split(binary, runs, per_run):
+    """The same stream with a 1-id dedup window (runs alone), then with every run retired
+    at once (the dedup window alone)."""
+    _, _, rss = peak_rss(binary, runs, per_run, "--dedup-capacity", "1")
+    result("memory_runs_only_peak_rss_mb", rss, "MB")
+    _, _, rss = peak_rss(binary, runs, per_run, "--dedup-capacity", str(runs * per_run), "--terminal-retention", "1us")
+    result("memory_dedup_only_peak_rss_mb", rss, "MB")
 
 
 def metric(base, name):
@@ -361,6 +374,7 @@ def main():
         return
     if args.only == "memory":
         bench_memory(args.bin, args.runs, 4)
+        bench_memory_split(args.bin, args.runs, 4)
         return
     if args.only == "ws":
         with tempfile.TemporaryDirectory() as tmp:

@@ -575,11 +575,6 @@ impl Tracker {
         &self.config
     }
 
-    /// State events whose state name was folded into `__other__`.
-    pub fn names_folded(&self) -> u64 {
-        self.names.folded()
-    }
-
     /// Replaces everything with restored aggregates and runs (a state file), and rebuilds the
     /// retention queue from the terminal runs.
     pub fn install(&mut self, mut counts: Counts, runs: Vec<(RunKind, RunKey, RunRecord)>) {

@@ -40,8 +40,6 @@ pub struct OpenError {
 /// What [`open`] found.
 #[derive(Debug, Clone, Default)]
 pub struct Opened {
-    /// Whether a file was restored.
-    pub restored: bool,
     /// Runs restored.
     pub runs: usize,
     /// Newest `occurred` in the file: where the stream resumes.
@@ -96,7 +94,6 @@ pub fn open(
         drop(bytes);
         match result {
             Ok(restored) => {
-                opened.restored = true;
                 opened.runs = restored.run_count();
                 let shared = pipeline.shared();
                 let counts = shared.counts.lock();

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::handshake::HandshakeError;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{client, Error as WsError, Message};
 
-use crate::support::{replay_data, replay_json, Service};
+use crate::support::{replay_data, replay_json, wait_for_flow_runs, Service};
 
 /// What a handshake came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -275,25 +275,14 @@ fn run_against_faults(faults: &[&str]) {
         "entries_by_state_name",
         "transitions",
     ];
-    let deadline = Instant::now() + Duration::from_secs(150);
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        let counts = exporter.get("/api/v1/counts").json();
-        if fields
-            .iter()
-            .all(|f| counts["flow_runs"][f] == expected["flow_runs"][f])
-        {
-            return;
-        }
-        last = counts;
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    for f in fields {
-        assert_eq!(
-            last["flow_runs"][f], expected["flow_runs"][f],
-            "{faults:?}: flow_runs.{f}"
-        );
-    }
+    let what = format!("{faults:?}");
+    wait_for_flow_runs(
+        &exporter,
+        &expected,
+        &fields,
+        Duration::from_secs(150),
+        &what,
+    );
 }
 
 #[test]

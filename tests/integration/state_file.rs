@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::flags::one_line_error;
-use crate::support::{replay_data, replay_json, Service};
+use crate::support::{replay_data, replay_json, wait_for_flow_runs, Service};
 
 const FIELDS: [&str; 5] = [
     "total",
@@ -71,31 +71,13 @@ fn restored_counts(state: &Path) -> Value {
 
 /// Waits until `service`'s flow-run counts equal `expected`'s, then checks they stay so.
 fn assert_converges(service: &Service, expected: &Value, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        let counts = service.get("/api/v1/counts").json();
-        if FIELDS
-            .iter()
-            .all(|f| counts["flow_runs"][f] == expected["flow_runs"][f])
-        {
-            std::thread::sleep(Duration::from_secs(1));
-            let again = service.get("/api/v1/counts").json();
-            for f in FIELDS {
-                assert_eq!(
-                    again["flow_runs"][f], expected["flow_runs"][f],
-                    "{what}: flow_runs.{f} moved after matching"
-                );
-            }
-            return;
-        }
-        last = counts;
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_flow_runs(service, expected, &FIELDS, Duration::from_secs(60), what);
+    std::thread::sleep(Duration::from_secs(1));
+    let again = service.get("/api/v1/counts").json();
     for f in FIELDS {
         assert_eq!(
-            last["flow_runs"][f], expected["flow_runs"][f],
-            "{what}: flow_runs.{f}"
+            again["flow_runs"][f], expected["flow_runs"][f],
+            "{what}: flow_runs.{f} moved after matching"
         );
     }
 }
@@ -267,7 +249,7 @@ fn corrupt_or_truncated_state_files_are_refused_unless_discarded() {
         (&future, "version 99"),
     ] {
         let path = path.to_str().unwrap();
-        one_line_error(
+        let stderr = one_line_error(
             &[
                 "run",
                 "--replay",
@@ -279,16 +261,6 @@ fn corrupt_or_truncated_state_files_are_refused_unless_discarded() {
             ],
             "--state-file",
         );
-        let output = crate::support::run_to_end(&[
-            "run",
-            "--replay",
-            &file,
-            "--listen",
-            "127.0.0.1:0",
-            "--state-file",
-            path,
-        ]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(word), "{path}: {stderr}");
         assert!(stderr.contains("--discard-bad-state"), "{stderr}");
     }

@@ -78,6 +78,35 @@ pub fn assert_matches_expected(actual: &Value, expected: &Value, what: &str) {
     }
 }
 
+/// Polls `service`'s `/api/v1/counts` until `flow_runs.<field>` equals `expected`'s for every
+/// one of `fields`; after `within`, fails on the first field that still differs.
+pub fn wait_for_flow_runs(
+    service: &Service,
+    expected: &Value,
+    fields: &[&str],
+    within: Duration,
+    what: &str,
+) {
+    let deadline = Instant::now() + within;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        last = service.get("/api/v1/counts").json();
+        if fields
+            .iter()
+            .all(|f| last["flow_runs"][f] == expected["flow_runs"][f])
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for f in fields {
+        assert_eq!(
+            last["flow_runs"][f], expected["flow_runs"][f],
+            "{what}: flow_runs.{f}"
+        );
+    }
+}
+
 /// A `run --replay` process serving HTTP; killed with SIGKILL on drop.
 pub struct Service {
     child: Option<Child>,
