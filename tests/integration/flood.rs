@@ -18,6 +18,10 @@ const DEDUP_CAPACITY: u64 = 20_000;
 const RETAINED: u64 = 10_001;
 /// `--max-tracked-runs` (above `RETAINED`, so the terminal flood never reaches it).
 const MAX_TRACKED: u64 = 15_000;
+/// How much more the peak RSS of the larger flood may be. The allocator's page retention
+/// moves peaks by up to ~15 MB from run to run (44, 58, 44 MB at 50k, 200k, 800k events);
+/// holding the 150,000 extra runs would add about 200 MB.
+const RSS_SLACK_MB: f64 = 32.0;
 
 /// `n` new runs entering a state: `Done-i` (COMPLETED) when `terminal`, else RUNNING.
 fn write_flood(path: &Path, n: u64, terminal: bool) {
@@ -133,7 +137,7 @@ fn floods_of_ids_names_and_label_values_stay_within_the_caps() {
     check_caps(&large, 200_000);
     eprintln!("peak RSS: {small_rss} MB at 50,000 events, {large_rss} MB at 200,000");
     assert!(
-        large_rss < small_rss + 8.0,
+        large_rss < small_rss + RSS_SLACK_MB,
         "memory grew with the flood: {small_rss} MB -> {large_rss} MB"
     );
 }
@@ -167,5 +171,8 @@ fn a_flood_of_runs_that_never_finish_stays_within_max_tracked_runs() {
         "peak RSS: {} MB at 50,000 running runs, {} MB at 200,000",
         rss[0], rss[1]
     );
-    assert!(rss[1] < rss[0] + 8.0, "memory grew with the flood: {rss:?}");
+    assert!(
+        rss[1] < rss[0] + RSS_SLACK_MB,
+        "memory grew with the flood: {rss:?}"
+    );
 }
