@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::pipeline::Pipeline;
-use crate::state::{PersistStats, Shared};
-use crate::timestamp::{now_micros, Micros};
-use mirror::{Aggregates, Changes, Mirror};
+use crate::ingest::dedup::IdBuckets;
+use crate::ingest::{Changes, Pipeline};
+use crate::model::time::{now_micros, Micros};
+use crate::state::Shared;
+use mirror::Mirror;
 
 /// Why the state file cannot be used at start.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +88,7 @@ pub fn open(
                 check_source(&state.source, source)?;
                 let restored = restore::restore(pipeline, &state)
                     .map_err(|e| format!("state file does not fit: {e}"))?;
-                let aggregates = Aggregates::copy(&pipeline.shared().counts.lock());
+                let aggregates = pipeline.tracker_mut().aggregates();
                 opened.replay = state.replay.clone();
                 Mirror::from_loaded(&mut state, restored, aggregates)
             });
@@ -96,10 +97,8 @@ pub fn open(
             Ok(restored) => {
                 opened.runs = restored.run_count();
                 let shared = pipeline.shared();
-                let counts = shared.counts.lock();
-                opened.resume = counts.events.last_occurred;
-                opened.baseline = counts.baseline;
-                drop(counts);
+                opened.resume = shared.last_occurred();
+                opened.baseline = shared.with_counts(|counts| counts.baseline);
                 info!(
                     path = %path.display(),
                     bytes = size,
@@ -129,13 +128,13 @@ pub fn open(
             source.to_owned(),
             config.track_task_runs,
             group_by,
-            crate::dedup::IdBuckets::new(window, capacity),
+            IdBuckets::new(window, capacity),
         ),
     };
     pipeline.journal();
     check_writable(path).map_err(|e| fail(format!("cannot write beside the state file: {e}")))?;
     let shared = pipeline.shared();
-    *shared.persist.lock() = Some(PersistStats::default());
+    shared.enable_persist_stats();
     Ok((
         Snapshotter::start(path.to_owned(), mirror, shared, lock),
         opened,
@@ -204,9 +203,12 @@ fn temp_path(path: &Path) -> PathBuf {
     sibling(path, &format!(".{}.tmp", std::process::id()))
 }
 
+/// Changes for the writer, with how far `run --replay` had read.
+type Snapshot = (Changes, Option<format::ReplayV1>);
+
 enum Job {
-    Changes(Changes),
-    Flush(Changes, tokio::sync::oneshot::Sender<io::Result<u64>>),
+    Changes(Snapshot),
+    Flush(Snapshot, tokio::sync::oneshot::Sender<io::Result<u64>>),
 }
 
 /// The writer thread's handle.
@@ -243,29 +245,26 @@ impl Snapshotter {
     fn changes(&self, pipeline: &mut Pipeline) -> Changes {
         let started = Instant::now();
         let changes = pipeline.take_changes();
-        if let Some(stats) = self.shared.persist.lock().as_mut() {
-            stats.pause_seconds = started.elapsed().as_secs_f64();
-        }
+        let pause = started.elapsed().as_secs_f64();
+        self.shared
+            .update_persist_stats(|stats| stats.pause_seconds = pause);
         changes
     }
 
     /// Hands over changes for the next write (never blocks on the write).
     pub fn snapshot(&self, pipeline: &mut Pipeline) {
-        self.send(Job::Changes(self.changes(pipeline)));
+        self.send(Job::Changes((self.changes(pipeline), None)));
     }
 
     /// [`Snapshotter::snapshot`] in `run --replay`, with how far the files have been read.
     pub fn snapshot_replay(&self, pipeline: &mut Pipeline, position: format::ReplayV1) {
-        let mut changes = self.changes(pipeline);
-        changes.replay = Some(position);
-        self.send(Job::Changes(changes));
+        self.send(Job::Changes((self.changes(pipeline), Some(position))));
     }
 
     fn send(&self, job: Job) {
         if self.jobs.send(job).is_err() {
-            if let Some(stats) = self.shared.persist.lock().as_mut() {
-                stats.writes_failed += 1;
-            }
+            self.shared
+                .update_persist_stats(|stats| stats.writes_failed += 1);
             tracing::error!(
                 "The state-file writer has stopped; the state file is no longer updated."
             );
@@ -280,10 +279,9 @@ impl Snapshotter {
         replay: Option<format::ReplayV1>,
     ) -> io::Result<u64> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        let mut changes = self.changes(pipeline);
-        changes.replay = replay;
+        let changes = self.changes(pipeline);
         self.jobs
-            .send(Job::Flush(changes, done))
+            .send(Job::Flush((changes, replay), done))
             .map_err(|_| io::Error::other("the state-file writer stopped"))?;
         wait.await
             .unwrap_or_else(|_| Err(io::Error::other("the state-file writer stopped")))
@@ -298,9 +296,9 @@ fn writer(path: PathBuf, mut mirror: Mirror, jobs: mpsc::Receiver<Job>, shared: 
         let mut next = Some(job);
         while let Some(job) = next.take() {
             match job {
-                Job::Changes(changes) => mirror.apply(changes),
-                Job::Flush(changes, done) => {
-                    mirror.apply(changes);
+                Job::Changes((changes, replay)) => mirror.apply(changes, replay),
+                Job::Flush((changes, replay), done) => {
+                    mirror.apply(changes, replay);
                     waiting.push(done);
                 }
             }
@@ -308,8 +306,9 @@ fn writer(path: PathBuf, mut mirror: Mirror, jobs: mpsc::Receiver<Job>, shared: 
         }
         let started = Instant::now();
         let result = write_atomically(&path, &mut mirror);
-        if let Some(stats) = shared.persist.lock().as_mut() {
-            stats.write_seconds = started.elapsed().as_secs_f64();
+        let seconds = started.elapsed().as_secs_f64();
+        shared.update_persist_stats(|stats| {
+            stats.write_seconds = seconds;
             match &result {
                 Ok(bytes) => {
                     stats.writes_ok += 1;
@@ -317,7 +316,7 @@ fn writer(path: PathBuf, mut mirror: Mirror, jobs: mpsc::Receiver<Job>, shared: 
                 }
                 Err(_) => stats.writes_failed += 1,
             }
-        }
+        });
         match &result {
             Ok(bytes) => {
                 last_error.clear();
@@ -389,10 +388,17 @@ pub fn interval(every: Duration) -> tokio::time::Interval {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::StateType::{Completed, Pending, Running, Scheduled};
-    use crate::report::{CountsReport, ResourceView};
-    use crate::status::Status;
-    use crate::test_support::{frame, pipeline};
+    use crate::expose::collect::Metrics;
+    use crate::expose::exposition::Format;
+    use crate::expose::report::CountsReport;
+    use crate::expose::resources::ResourceView;
+    use crate::ingest::test_support::{frame, pipeline};
+    use crate::model::event::RunKind;
+    use crate::model::event::StateType::{Completed, Pending, Running, Scheduled};
+    use crate::model::known_run::KnownRun;
+    use crate::model::time::{Clock, SECOND};
+    use crate::state::status::Status;
+    use crate::state::test_support::{at, key};
 
     fn counts_json(p: &Pipeline) -> serde_json::Value {
         let mut report = serde_json::to_value(CountsReport::build(
@@ -405,9 +411,9 @@ mod tests {
     }
 
     fn metrics_text(p: &Pipeline) -> String {
-        let clock: crate::metrics::Clock = std::sync::Arc::new(|| 0);
-        crate::metrics::Metrics::new(p.shared(), std::sync::Arc::new(Status::new()), clock)
-            .render(crate::exposition::Format::Prometheus)
+        let clock: Clock = std::sync::Arc::new(|| 0);
+        Metrics::new(p.shared(), std::sync::Arc::new(Status::new()), clock)
+            .render(Format::Prometheus)
     }
 
     fn run_json(p: &Pipeline, run: u32) -> serde_json::Value {
@@ -428,20 +434,11 @@ mod tests {
         let mut live = pipeline();
         live.journal();
         // A REST baseline at second 5, and a run known only from REST, as live mode has.
-        {
-            let shared = live.shared();
-            let mut counts = shared.counts.lock();
-            counts.rebase(
-                crate::event::RunKind::FlowRun,
-                [(crate::test_support::key(Running), 7)]
-                    .into_iter()
-                    .collect(),
-            );
-            counts.set_baseline(
-                crate::timestamp::parse_rfc3339(&crate::test_support::ts(5)).unwrap(),
-            );
-        }
-        let seeded = crate::prefect_api::RunSummary {
+        let totals = [(key(Running), 7)].into_iter().collect();
+        live.shared()
+            .reconcile(vec![(RunKind::FlowRun, totals)], at(5), None)
+            .unwrap();
+        let seeded = KnownRun {
             id: "00000000-0000-4000-8000-000000000099".into(),
             name: Some("seeded".into()),
             state_type: Running,
@@ -450,18 +447,18 @@ mod tests {
             work_queue: Some("default".into()),
             work_pool: Some("pool".into()),
         };
-        live.seed_run(crate::event::RunKind::FlowRun, &seeded, 0);
+        live.seed_run(RunKind::FlowRun, &seeded, 0);
         let mut mirror = Mirror::new(
             "replay".into(),
             false,
             vec![],
-            crate::dedup::IdBuckets::new(1800 * crate::timestamp::SECOND, 1000),
+            IdBuckets::new(1800 * SECOND, 1000),
         );
         // Two snapshots, so the mirror folds changes in more than once.
         live.ingest_batch(&frames[..3]);
-        mirror.apply(live.take_changes());
+        mirror.apply(live.take_changes(), None);
         live.ingest_batch(&frames[3..]);
-        mirror.apply(live.take_changes());
+        mirror.apply(live.take_changes(), None);
         let mut bytes = Vec::new();
         mirror.write(0, &mut bytes).unwrap();
 
@@ -484,7 +481,7 @@ mod tests {
         assert_eq!(after["events"]["duplicates"], 6);
 
         // A mirror seeded from the file writes the same file again.
-        let aggregates = Aggregates::copy(&restored.shared().counts.lock());
+        let aggregates = restored.tracker_mut().aggregates();
         let mut again = Mirror::from_loaded(&mut loaded, parts, aggregates).unwrap();
         assert_eq!(again.run_count(), 3);
         let mut second = Vec::new();

@@ -7,17 +7,20 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::format::{HistogramV1, KindV1, RunV1, StateV1, StrV1};
-use crate::dedup::{Dedup, IdBuckets};
-use crate::event::{EventId, RunKind, StateKey, StateType};
-use crate::histogram::Histogram;
-use crate::labels::{SeriesId, SeriesTable};
-use crate::ledger::Ledger;
-use crate::pipeline::Pipeline;
-use crate::state::{
-    BaseAnchor, CheckCounts, Counts, EventCounts, KindCounts, RecentTransition, RunKey, RunLabels,
-    RunRecord, TransitionCount, DELAY_BUCKETS, DURATION_BUCKETS,
+use crate::ingest::dedup::{Dedup, IdBuckets};
+use crate::ingest::Pipeline;
+use crate::model::event::{EventId, RunKind, StateKey, StateType};
+use crate::model::reject::RejectReason;
+use crate::model::time::Micros;
+use crate::state::counts::{
+    CheckCounts, Counts, EventCounts, KindCounts, DELAY_BUCKETS, DURATION_BUCKETS,
 };
-use crate::timestamp::Micros;
+use crate::state::histogram::Histogram;
+use crate::state::labels::{Interner, SeriesId, SeriesTable};
+use crate::state::ledger::{Ledger, Names};
+use crate::state::record::{
+    BaseAnchor, RecentTransition, RunKey, RunLabels, RunRecord, TransitionCount,
+};
 
 /// Resolves the file's table indexes.
 struct Tables {
@@ -46,7 +49,7 @@ impl Tables {
         }
     }
 
-    fn string(&self, s: &StrV1, share: &mut crate::labels::Interner) -> Result<Arc<str>, String> {
+    fn string(&self, s: &StrV1, share: &mut Interner) -> Result<Arc<str>, String> {
         match s {
             StrV1::Table(i) => self
                 .strings
@@ -148,7 +151,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
     );
 
     let e = &c.events;
-    let mut rejected = [0u64; crate::decode::RejectReason::ALL.len()];
+    let mut rejected = [0u64; RejectReason::ALL.len()];
     for (slot, value) in rejected.iter_mut().zip(&e.rejected) {
         *slot = *value;
     }
@@ -178,12 +181,14 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
             let seconds = seconds
                 .iter()
                 .map(|(s, names)| {
-                    let names: crate::ledger::Names =
-                        names.iter().map(|(n, c)| (n.as_str().into(), *c)).collect();
+                    let names: Names = names.iter().map(|(n, c)| (n.as_str().into(), *c)).collect();
                     (*s, names)
                 })
                 .collect();
-            Ledger::from_seconds(crate::live::prefixes(config.track_task_runs), seconds)
+            Ledger::from_seconds(
+                RunKind::subscribed_prefixes(config.track_task_runs),
+                seconds,
+            )
         }),
         checks: CheckCounts {
             windows_match: c.checks.windows_match,
@@ -274,11 +279,7 @@ fn shifted(at: Micros, offset: i64) -> Result<Micros, String> {
         .and_then(time)
 }
 
-fn record(
-    t: &Tables,
-    strings: &mut crate::labels::Interner,
-    r: RunV1,
-) -> Result<(RunKey, RunRecord), String> {
+fn record(t: &Tables, strings: &mut Interner, r: RunV1) -> Result<(RunKey, RunRecord), String> {
     let at = time(r.state_at)?;
     let [flow, deployment, work_pool, work_queue] = &r.labels;
     let mut label = |s: &Option<StrV1>| s.as_ref().map(|s| t.string(s, strings)).transpose();
