@@ -72,8 +72,8 @@ if ! $SUDO "${install[@]}"; then
   $SUDO "${install[@]}"
 fi
 
-# Stop any Prometheus server the install started (only those: not ones running before). The
-# package's service would listen on :9090; a server it starts is visible within a second.
+# Stop any Prometheus server the install started (only those: not ones running before, nor
+# tests' own). The package's service would listen on :9090; it is visible within a second.
 for _ in 1 2 3 4 5; do
   after=$(prometheus_pids)
   new=$(comm -13 <(echo "$before") <(echo "$after"))
@@ -81,6 +81,11 @@ for _ in 1 2 3 4 5; do
   sleep 0.2
 done
 for pid in $new; do
+  # A test's own server (a --config.file outside /etc/prometheus) started meanwhile is not ours.
+  args=$(ps -o args= -p "$pid" 2>/dev/null || true)
+  if [[ $args == *--config.file=* && $args != *--config.file=/etc/prometheus/* ]]; then
+    continue
+  fi
   echo "stopping the prometheus server the package started (pid $pid)"
   if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
     $SUDO systemctl stop prometheus.service 2>/dev/null || true
