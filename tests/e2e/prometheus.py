@@ -14,7 +14,8 @@
   control that shows the OpenMetrics check can tell the two formats apart.
 - `Expect` and its checks: one line per metric assertion.
 
-Every wait is a bounded poll of a condition; 127.0.0.1 only.
+Every wait is a bounded poll of a condition; 127.0.0.1 only. PyYAML (for the rules copy)
+is in the pinned test venv as a dependency of prefect.
 """
 
 from __future__ import annotations
