@@ -2,7 +2,8 @@
 # The project's whole test suite, as CI runs it (`.ci/run`) and as the README tells users:
 # format, lints, unit and integration tests (with a real Prometheus parser from a pinned
 # Python virtualenv), the end-to-end tests against a real Prefect 3.9.1 server (and
-# Prefect's own client against serve-replay), then the README's run command as a smoke test.
+# Prefect's own client against serve-replay, and a real Prometheus scraping the exporter with
+# the alert rules and dashboard queries), then the README's run command as a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,10 @@ bash scripts/check-ops.sh
 step "cargo build --release"
 cargo build --release
 
-step "end-to-end tests: real Prefect 3.9.1 server and flows, Prefect's client vs serve-replay"
+step "Prometheus server for the end-to-end tests (Debian's prometheus package; once)"
+bash scripts/install-prometheus.sh
+
+step "end-to-end tests: real Prefect 3.9.1 server and flows, Prefect's client vs serve-replay, a real Prometheus"
 PREFECT_EXPORTER_BIN="$PWD/target/release/prefect-events-exporter" \
   "$PREFECT_EXPORTER_TEST_PYTHON" -m pytest tests/e2e
 
