@@ -657,6 +657,28 @@ mod tests {
     }
 
     #[test]
+    fn log_format_is_one_global_flag() {
+        for args in [
+            &["x", "--log-format", "json"][..],
+            &["x", "run", "--log-format", "json"],
+            &["x", "replay", "a.jsonl", "--log-format", "json"],
+            &[
+                "x",
+                "serve-replay",
+                "a.jsonl",
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ],
+            &["x", "record", "--out", "o.jsonl", "--log-format", "json"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.log_format, LogFormat::Json, "{args:?}");
+        }
+    }
+
+    #[test]
     fn bare_invocation_is_run() {
         let cli =
             Cli::try_parse_from(["x", "--listen", "127.0.0.1:1", "--replay", "a.jsonl"]).unwrap();

@@ -2,9 +2,9 @@
 //! registered in [`collect`], written by [`exposition`]) and the JSON documents of the API
 //! ([`report`], [`resources`]). Reads the state; never changes it.
 
-pub mod catalogue;
+pub(crate) mod catalogue;
 pub mod collect;
 pub mod exposition;
-pub mod report;
+pub(crate) mod report;
 pub mod resources;
-pub mod state_families;
+pub(crate) mod state_families;

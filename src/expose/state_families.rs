@@ -337,8 +337,8 @@ mod tests {
     use crate::expose::exposition::Format;
     use crate::expose::resources::{ResourceList, ResourceQuery};
     use crate::model::time::SECOND;
-    use crate::state::test_support::{apply, at, event, tracker};
-    use StateType::{Completed, Pending, Running};
+    use crate::state::test_support::{apply, at, tracker, waiting_runs};
+    use StateType::Pending;
 
     /// The value of the sample `name` whose labels include `labels`, in Prometheus text.
     fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -357,17 +357,7 @@ mod tests {
     #[test]
     fn ages_durations_and_stuck_lists_with_a_fixed_clock() {
         let mut t = tracker();
-        apply(
-            &mut t,
-            &[
-                event(1, 1, 10, None, Pending),
-                event(2, 2, 20, None, Pending),
-                event(3, 3, 15, None, Running),
-                event(4, 4, 5, None, Pending),
-                event(5, 4, 35, Some(Pending), Running),
-                event(6, 4, 95, Some(Running), Completed),
-            ],
-        );
+        apply(&mut t, &waiting_runs());
         let now = at(100);
         let clock: Clock = Arc::new(move || now);
         let metrics = Metrics::new(t.shared().clone(), Arc::new(Status::new()), clock);

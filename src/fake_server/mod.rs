@@ -3,10 +3,10 @@
 //! ([`ws`]), the REST endpoints answer from the events released so far ([`rest`]), the file
 //! plays as a timeline ([`timeline`]), and faults can be injected on purpose.
 
-pub mod filter;
-pub mod rest;
-pub mod timeline;
-pub mod ws;
+pub(crate) mod filter;
+pub(crate) mod rest;
+pub(crate) mod timeline;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 

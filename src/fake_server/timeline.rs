@@ -212,11 +212,6 @@ impl Store {
     pub fn len(&self) -> usize {
         self.events.read().len()
     }
-
-    /// Whether nothing was released yet.
-    pub fn is_empty(&self) -> bool {
-        self.events.read().is_empty()
-    }
 }
 
 /// How to play the file.

@@ -5,9 +5,9 @@
 
 pub mod event;
 pub mod group_by;
-pub mod known_run;
-pub mod reject;
-pub mod secret;
+pub(crate) mod known_run;
+pub(crate) mod reject;
+pub(crate) mod secret;
 pub mod time;
 
 /// A value that does not parse.

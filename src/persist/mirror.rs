@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 
+use super::error::Invalid;
 use super::format::{
     encode_run, ChecksV1, CountsV1, EventsV1, HistogramV1, KindV1, ReplayV1, RunV1, StateV1, StrV1,
 };
@@ -87,7 +88,7 @@ impl Mirror {
         loaded: &mut StateV1,
         restored: super::restore::Restored,
         aggregates: Aggregates,
-    ) -> Result<Mirror, String> {
+    ) -> Result<Mirror, Invalid> {
         let mut mirror = Mirror::new(
             loaded.source.clone(),
             loaded.track_task_runs,
@@ -99,7 +100,10 @@ impl Mirror {
             let ty = StateType::ALL
                 .get(usize::from(*ty))
                 .copied()
-                .ok_or_else(|| format!("unknown state type index {ty}"))?;
+                .ok_or(Invalid::Index {
+                    table: "state type",
+                    index: u64::from(*ty),
+                })?;
             let key = StateKey {
                 ty,
                 name: Arc::from(name.as_str()),

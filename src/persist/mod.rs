@@ -10,9 +10,12 @@
 //! events after the last snapshot are fetched again from the resume point, and the restored
 //! dedup window drops the ones already counted.
 
-pub mod format;
-pub mod mirror;
-pub mod restore;
+pub(crate) mod error;
+pub(crate) mod format;
+pub(crate) mod mirror;
+pub(crate) mod restore;
+
+pub use error::{OpenCause, OpenError, Unusable};
 
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -27,16 +30,6 @@ use crate::ingest::{Changes, Pipeline};
 use crate::model::time::{now_micros, Micros};
 use crate::state::Shared;
 use mirror::Mirror;
-
-/// Why the state file cannot be used at start.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct OpenError {
-    /// The file.
-    pub path: PathBuf,
-    /// What is wrong, and what to do.
-    pub message: String,
-}
 
 /// What [`open`] found.
 #[derive(Debug, Clone, Default)]
@@ -60,9 +53,9 @@ pub fn open(
     pipeline: &mut Pipeline,
     source: &str,
 ) -> Result<(Snapshotter, Opened), OpenError> {
-    let fail = |message: String| OpenError {
+    let fail = |cause: OpenCause| OpenError {
         path: path.to_owned(),
-        message,
+        cause,
     };
     let (window, capacity) = pipeline.dedup_limits();
     let config = pipeline.tracker_mut().config().clone();
@@ -76,21 +69,20 @@ pub fn open(
     let loaded = match std::fs::read(path) {
         Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(fail(format!("cannot read the state file: {e}"))),
+        Err(e) => return Err(fail(OpenCause::Read(e))),
     };
     let mut opened = Opened::default();
     let mut mirror = None;
     if let Some(bytes) = loaded {
         let size = bytes.len();
         let result = format::read(&bytes)
-            .map_err(|e| e.to_string())
+            .map_err(Unusable::from)
             .and_then(|mut state| {
                 check_source(&state.source, source)?;
-                let restored = restore::restore(pipeline, &state)
-                    .map_err(|e| format!("state file does not fit: {e}"))?;
+                let restored = restore::restore(pipeline, &state)?;
                 let aggregates = pipeline.tracker_mut().aggregates();
                 opened.replay = state.replay.clone();
-                Mirror::from_loaded(&mut state, restored, aggregates)
+                Ok(Mirror::from_loaded(&mut state, restored, aggregates)?)
             });
         drop(bytes);
         match result {
@@ -108,18 +100,14 @@ pub fn open(
                 );
                 mirror = Some(restored);
             }
-            Err(message) if discard_bad => {
+            Err(unusable) if discard_bad => {
                 let aside = path.with_extension("discarded");
                 let _ = std::fs::rename(path, &aside);
-                warn!(path = %path.display(), moved_to = %aside.display(), error = %message, "Discarding the unusable state file (--discard-bad-state); starting fresh.");
+                warn!(path = %path.display(), moved_to = %aside.display(), error = %unusable, "Discarding the unusable state file (--discard-bad-state); starting fresh.");
                 pipeline.reset();
                 opened = Opened::default();
             }
-            Err(message) => {
-                return Err(fail(format!(
-                    "{message}; fix or remove it, or start with --discard-bad-state"
-                )))
-            }
+            Err(unusable) => return Err(fail(OpenCause::Unusable(unusable))),
         }
     }
     let mirror = match mirror {
@@ -132,7 +120,7 @@ pub fn open(
         ),
     };
     pipeline.journal();
-    check_writable(path).map_err(|e| fail(format!("cannot write beside the state file: {e}")))?;
+    check_writable(path).map_err(|e| fail(OpenCause::Unwritable(e)))?;
     let shared = pipeline.shared();
     shared.enable_persist_stats();
     Ok((
@@ -143,12 +131,13 @@ pub fn open(
 
 /// Refuses a file written in the other mode (replay files vs a server); a server at another
 /// URL is only a warning (a renamed host is common; reconciliation corrects the totals).
-fn check_source(saved: &str, now: &str) -> Result<(), String> {
+fn check_source(saved: &str, now: &str) -> Result<(), Unusable> {
     let replay = |s: &str| s == REPLAY_SOURCE;
     if replay(saved) != replay(now) {
-        return Err(format!(
-            "it was written reading from {saved:?}, not {now:?}"
-        ));
+        return Err(Unusable::OtherSource {
+            saved: saved.to_owned(),
+            now: now.to_owned(),
+        });
     }
     if saved != now {
         warn!(
@@ -164,23 +153,24 @@ pub const REPLAY_SOURCE: &str = "replay";
 
 /// Takes an exclusive lock on `PATH.lock`, held while the process runs, so two exporters
 /// never write one state file.
-fn lock(path: &Path) -> Result<File, String> {
+fn lock(path: &Path) -> Result<File, OpenCause> {
     let lock_path = sibling(path, ".lock");
+    let failed = |source| OpenCause::Lock {
+        lock: lock_path.clone(),
+        source,
+    };
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        .map_err(failed)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "another process holds {}; one state file serves one exporter",
-            lock_path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(format!("cannot lock {}: {e}", lock_path.display()))
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenCause::Locked {
+            lock: lock_path.clone(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
     }
 }
 

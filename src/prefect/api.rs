@@ -69,18 +69,6 @@ pub enum ApiError {
     },
 }
 
-impl ApiError {
-    /// A short label for metrics and logs.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            ApiError::Auth { .. } => "auth",
-            ApiError::Status { .. } => "status",
-            ApiError::Transport { .. } => "transport",
-            ApiError::Decode { .. } => "decode",
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct RawRun {
     id: String,
@@ -209,11 +197,6 @@ impl PrefectApi {
             debug!(error = %error, attempt, delay_ms = delay.as_millis() as u64, "Retrying a REST call.");
             tokio::time::sleep(delay).await;
         }
-    }
-
-    /// `GET /health`.
-    pub async fn health(&self) -> Result<(), ApiError> {
-        self.send::<Value>("/health", None).await.map(|_| ())
     }
 
     /// Runs of `kind` in state type `ty`, optionally only those whose state name is (or is

@@ -2,6 +2,6 @@
 //! reconciliation ([`reconcile`]), and verification of closed windows of events against the
 //! server's stored events, with repair ([`verify`]).
 
-pub mod api;
-pub mod reconcile;
-pub mod verify;
+pub(crate) mod api;
+pub(crate) mod reconcile;
+pub(crate) mod verify;

@@ -289,39 +289,61 @@ pub async fn run(
         ws::run(ws_config, start, frame_tx, &observer, stream_stop).await;
         None
     });
+    let checks = Checks {
+        api,
+        shared,
+        reconciler,
+        trigger: reconcile_now,
+        // After a restart, windows up to the second pass are checked again (their ledger
+        // was restored), so late events that missed the last snapshot are still repaired.
+        verify_from: match restored {
+            Some(resume) => resume - micros(SECOND_PASS),
+            None => start - RESUME_OVERLAP,
+        },
+    };
+    checks.spawn(&mut tasks, &server, repair_tx, &shutdown);
+    service.finish(tasks).await
+}
 
-    if !server.reconcile_interval.is_zero() {
-        let interval = server.reconcile_interval;
-        let trigger = reconcile_now.clone();
-        let stop = shutdown.clone();
-        tasks.spawn(async move {
-            reconciler.run(interval, trigger, stop).await;
-            None
-        });
-    }
-    if !server.verify_interval.is_zero() {
-        let verifier = Verifier::new(
-            api.clone(),
-            shared.clone(),
-            repair_tx,
-            VerifyConfig {
+/// Reconciliation and verification, as background tasks of live mode.
+struct Checks {
+    api: PrefectApi,
+    shared: Arc<Shared>,
+    reconciler: Reconciler,
+    trigger: Arc<Notify>,
+    verify_from: Micros,
+}
+
+impl Checks {
+    /// Starts the loops `server` turns on; verification sends repairs to `repairs`.
+    fn spawn(
+        self,
+        tasks: &mut Tasks,
+        server: &ServerSettings,
+        repairs: mpsc::Sender<RepairBatch>,
+        shutdown: &CancellationToken,
+    ) {
+        if !server.reconcile_interval.is_zero() {
+            let interval = server.reconcile_interval;
+            let (reconciler, trigger, stop) =
+                (self.reconciler, self.trigger.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                reconciler.run(interval, trigger, stop).await;
+                None
+            });
+        }
+        if !server.verify_interval.is_zero() {
+            let config = VerifyConfig {
                 interval: server.verify_interval,
                 settle: micros(server.verify_settle),
                 second_pass_after: SECOND_PASS,
-            },
-        );
-        let trigger = reconcile_now.clone();
-        let stop = shutdown.clone();
-        // After a restart, windows up to the second pass are checked again (their ledger
-        // was restored), so late events that missed the last snapshot are still repaired.
-        let verify_from = match restored {
-            Some(resume) => resume - micros(SECOND_PASS),
-            None => start - RESUME_OVERLAP,
-        };
-        tasks.spawn(async move {
-            verifier.run(verify_from, trigger, stop).await;
-            None
-        });
+            };
+            let verifier = Verifier::new(self.api, self.shared, repairs, config);
+            let (from, trigger, stop) = (self.verify_from, self.trigger, shutdown.clone());
+            tasks.spawn(async move {
+                verifier.run(from, trigger, stop).await;
+                None
+            });
+        }
     }
-    service.finish(tasks).await
 }

@@ -3,12 +3,12 @@
 //! `replay` ([`offline`]) and `record` ([`record`]). Settings come in as plain values
 //! ([`settings`]); `serve-replay` is the fake server's own.
 
-pub mod live;
-pub mod load;
+pub(crate) mod live;
+pub(crate) mod load;
 pub mod offline;
 pub mod record;
-pub mod replay;
-pub mod service;
+pub(crate) mod replay;
+pub(crate) mod service;
 pub mod settings;
 
 use tokio_util::sync::CancellationToken;

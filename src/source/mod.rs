@@ -3,8 +3,8 @@
 //! websocket ([`ws`]). A live source reports its condition through a [`StreamObserver`] and
 //! its failures as [`StreamError`]s, whatever it reads from.
 
-pub mod replay;
-pub mod ws;
+pub(crate) mod replay;
+pub(crate) mod ws;
 
 use thiserror::Error;
 

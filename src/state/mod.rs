@@ -9,11 +9,11 @@
 //!   events per second for verification.
 //! - [`status`]: readiness and the stream's connection.
 
-pub mod counts;
-pub mod histogram;
-pub mod labels;
-pub mod ledger;
-pub mod record;
+pub(crate) mod counts;
+pub(crate) mod histogram;
+pub(crate) mod labels;
+pub(crate) mod ledger;
+pub(crate) mod record;
 pub mod shared;
 pub mod status;
 #[cfg(test)]
@@ -21,7 +21,7 @@ pub(crate) mod test_support;
 #[cfg(test)]
 mod tests;
 pub mod tracker;
-pub mod waiting;
+pub(crate) mod waiting;
 
 pub use shared::Shared;
 pub use tracker::{StateConfig, Tracker, Writer};

@@ -33,12 +33,10 @@ impl Status {
         self.unmet.lock().remove(condition);
     }
 
-    /// `Ok(())` when ready, else the reason.
-    pub fn readiness(&self) -> Result<(), String> {
-        match self.unmet.lock().values().next() {
-            None => Ok(()),
-            Some(reason) => Err(reason.clone()),
-        }
+    /// Why the service is not ready (the first unmet condition's reason), or `None` when it
+    /// is.
+    pub fn unready_reason(&self) -> Option<String> {
+        self.unmet.lock().values().next().cloned()
     }
 
     /// Whether a stream is subscribed now.
@@ -74,13 +72,16 @@ mod tests {
     #[test]
     fn ready_when_every_condition_is_met() {
         let status = Status::new();
-        assert_eq!(status.readiness(), Ok(()));
+        assert_eq!(status.unready_reason(), None);
         status.require("stream", "connecting");
         status.require("baseline", "taking the baseline");
-        assert_eq!(status.readiness(), Err("taking the baseline".to_owned()));
+        assert_eq!(
+            status.unready_reason().as_deref(),
+            Some("taking the baseline")
+        );
         status.satisfy("baseline");
-        assert_eq!(status.readiness(), Err("connecting".to_owned()));
+        assert_eq!(status.unready_reason().as_deref(), Some("connecting"));
         status.satisfy("stream");
-        assert_eq!(status.readiness(), Ok(()));
+        assert_eq!(status.unready_reason(), None);
     }
 }

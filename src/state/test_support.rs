@@ -77,6 +77,20 @@ pub fn event(
     }
 }
 
+/// Four runs: 1 and 2 PENDING since seconds 10 and 20, 3 RUNNING since 15, and 4 PENDING at
+/// 5, RUNNING at 35 and COMPLETED at 95 (30 s pending, 60 s running).
+pub fn waiting_runs() -> Vec<Event<'static>> {
+    use StateType::{Completed, Pending, Running};
+    vec![
+        event(1, 1, 10, None, Pending),
+        event(2, 2, 20, None, Pending),
+        event(3, 3, 15, None, Running),
+        event(4, 4, 5, None, Pending),
+        event(5, 4, 35, Some(Pending), Running),
+        event(6, 4, 95, Some(Running), Completed),
+    ]
+}
+
 /// Applies `events` as one batch, as the pipeline does for new events.
 pub fn apply(tracker: &mut Tracker, events: &[Event<'_>]) {
     let mut writer = tracker.writer(0);

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use crate::model::event::{RunKind, StateType};
-use crate::state::test_support::{apply, at, event, key, tracker};
+use crate::state::test_support::{apply, at, event, key, tracker, waiting_runs};
 use crate::state::Tracker;
 
 use StateType::{Completed, Pending, Running};
@@ -111,17 +111,7 @@ fn without_a_baseline_unknown_runs_only_add() {
 #[test]
 fn durations_are_observed_on_leaving_and_waiting_runs_are_indexed_oldest_first() {
     let mut t = tracker();
-    apply(
-        &mut t,
-        &[
-            event(1, 1, 10, None, Pending),
-            event(2, 2, 20, None, Pending),
-            event(3, 3, 15, None, Running),
-            event(4, 4, 5, None, Pending),
-            event(5, 4, 35, Some(Pending), Running),
-            event(6, 4, 95, Some(Running), Completed),
-        ],
-    );
+    apply(&mut t, &waiting_runs());
     t.shared().with_counts(|counts| {
         let kc = &counts.kinds[RunKind::FlowRun.index()];
         let pending = &kc.durations[&key(Pending)];

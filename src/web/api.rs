@@ -42,8 +42,6 @@ pub struct WebSettings {
 
 /// The API server, bound and serving until the shutdown token is cancelled.
 pub struct ApiServer {
-    /// Where it listens.
-    pub local: SocketAddr,
     handle: JoinHandle<io::Result<()>>,
     addr: String,
 }
@@ -91,7 +89,6 @@ impl ApiServer {
         });
         let handle = tokio::spawn(serve_api(listener, config, state, shutdown));
         Ok(ApiServer {
-            local,
             handle,
             addr: settings.listen.to_string(),
         })

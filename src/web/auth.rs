@@ -154,7 +154,8 @@ impl Authenticator {
     }
 
     /// bcrypt verifications run so far (each costs tens of milliseconds).
-    pub fn bcrypt_runs(&self) -> u64 {
+    #[cfg(test)]
+    fn bcrypt_runs(&self) -> u64 {
         self.bcrypt_runs.load(Ordering::Relaxed)
     }
 

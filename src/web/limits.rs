@@ -155,11 +155,6 @@ impl ConnectionCap {
         self.limit
     }
 
-    /// The counts this cap (and the server using it) keeps.
-    pub fn stats(&self) -> &Arc<HttpStats> {
-        &self.stats
-    }
-
     /// A slot for a new connection, or `None` (counted, logged rate-limited) at the cap.
     pub fn admit(&self) -> Option<Slot> {
         match self.slots.clone().try_acquire_owned() {

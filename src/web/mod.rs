@@ -3,15 +3,15 @@
 //! it serves ([`auth`]), HTTPS ([`tls`]), its own metric families ([`metrics`]), and the API
 //! as a running service ([`api`]).
 
-pub mod api;
-pub mod auth;
-pub mod limits;
-pub mod metrics;
+pub(crate) mod api;
+pub(crate) mod auth;
+pub(crate) mod limits;
+pub(crate) mod metrics;
 pub mod query;
-pub mod response;
-pub mod routes;
-pub mod server;
-pub mod tls;
+pub(crate) mod response;
+pub(crate) mod routes;
+pub(crate) mod server;
+pub(crate) mod tls;
 
 use std::io;
 

@@ -121,9 +121,9 @@ fn route(state: &ApiState, req: &Request<()>) -> HttpResponse {
             respond(StatusCode::OK, format.content_type(), body)
         }
         "/healthz" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        "/readyz" => match state.status.readiness() {
-            Ok(()) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
-            Err(reason) => error(
+        "/readyz" => match state.status.unready_reason() {
+            None => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+            Some(reason) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("not ready: {reason}"),
             ),
