@@ -88,9 +88,9 @@ impl CountsReport {
         let (flow, task, events) = shared.with_counts(|counts| {
             let task = shared
                 .tracks(RunKind::TaskRun)
-                .then(|| counts.kinds[RunKind::TaskRun.index()].clone());
+                .then(|| counts.kind_counts(RunKind::TaskRun));
             (
-                counts.kinds[RunKind::FlowRun.index()].clone(),
+                counts.kind_counts(RunKind::FlowRun),
                 task,
                 counts.events.clone(),
             )

@@ -7,7 +7,9 @@ use serde::Serialize;
 
 use crate::model::event::{format_uuid, RunKind, StateKey, StateType};
 use crate::model::time::{as_seconds, format_rfc3339, Micros};
-use crate::state::record::{run_key, RunKey, RunRecord};
+use crate::state::counts::Counts;
+use crate::state::names::StateId;
+use crate::state::record::{canonical_id, run_key, RunKey, RunRecord};
 use crate::state::Shared;
 
 /// The most runs one listing returns.
@@ -112,7 +114,7 @@ pub struct RecentView {
     pub event_id: String,
 }
 
-fn state_parts(state: &Option<StateKey>) -> (&'static str, String) {
+fn state_parts(state: Option<&StateKey>) -> (&'static str, String) {
     match state {
         Some(s) => (s.ty.as_str(), s.name.to_string()),
         None => ("", String::new()),
@@ -123,50 +125,68 @@ fn opt(text: &Option<Arc<str>>) -> Option<String> {
     text.as_deref().map(str::to_owned)
 }
 
+/// A run copied out of its shard (with its resource id when not canonical), to be named
+/// under the aggregates' lock.
+type Found = (RunRecord, Option<String>);
+
+fn found(shared: &Shared, kind: RunKind, key: RunKey) -> Option<Found> {
+    shared.find_run(kind, key, |record, odd_id| {
+        (record.clone(), odd_id.map(str::to_owned))
+    })
+}
+
 impl ResourceView {
-    fn from_record(kind: RunKind, key: RunKey, record: &RunRecord, now: Micros) -> ResourceView {
+    fn from_record(kind: RunKind, found: &Found, counts: &Counts, now: Micros) -> ResourceView {
+        let (record, odd_id) = found;
+        let states = &counts.states;
+        let state = states.key(record.state());
+        let labels = counts.label_sets.get(record.labels());
         ResourceView {
-            id: record.resource_id(kind, key),
+            id: odd_id
+                .clone()
+                .unwrap_or_else(|| canonical_id(kind, record.key())),
             kind: kind.as_str(),
-            name: record.name.as_deref().map(str::to_owned),
+            name: record.name().map(str::to_owned),
             state: StateView {
-                ty: record.state.ty.as_str(),
-                name: record.state.name.to_string(),
-                since: format_rfc3339(record.since),
-                age_seconds: as_seconds((now - record.since).max(0)),
+                ty: state.ty.as_str(),
+                name: state.name.to_string(),
+                since: format_rfc3339(record.since()),
+                age_seconds: as_seconds((now - record.since()).max(0)),
             },
             labels: LabelsView {
-                flow: opt(&record.labels.flow),
-                deployment: opt(&record.labels.deployment),
-                work_pool: opt(&record.labels.work_pool),
-                work_queue: opt(&record.labels.work_queue),
-                tags: record.labels.tags.iter().map(|t| t.to_string()).collect(),
+                flow: opt(&labels.flow),
+                deployment: opt(&labels.deployment),
+                work_pool: opt(&labels.work_pool),
+                work_queue: opt(&labels.work_queue),
+                tags: labels.tags.iter().map(|t| t.to_string()).collect(),
             },
-            last_event_occurred: format_rfc3339(record.last_occurred),
+            last_event_occurred: format_rfc3339(record.last_occurred()),
             transitions: record
-                .transitions
-                .iter()
+                .history()
+                .counts()
                 .map(|t| {
-                    let (from_type, from_name) = state_parts(&t.from);
+                    let (from_type, from_name) = state_parts(t.from.map(|f| states.key(f)));
+                    let to = states.key(t.to);
                     RunTransitionView {
                         from_type,
                         from_name,
-                        to_type: t.to.ty.as_str(),
-                        to_name: t.to.name.to_string(),
+                        to_type: to.ty.as_str(),
+                        to_name: to.name.to_string(),
                         count: t.count,
                     }
                 })
                 .collect(),
             last_transitions: record
-                .recent
-                .iter()
+                .history()
+                .recent()
                 .map(|t| {
-                    let (from_type, from_name) = state_parts(&t.from);
+                    let (from_type, from_name) = state_parts(t.from.map(|f| states.key(f)));
+                    let to = states.key(t.to);
                     RecentView {
                         from_type,
                         from_name,
-                        to_type: t.to.ty.as_str(),
-                        to_name: t.to.name.to_string(),
+                        to_type: to.ty.as_str(),
+                        to_name: to.name.to_string(),
                         at: format_rfc3339(t.at),
                         event_id: format_uuid(t.event.0),
                     }
@@ -182,9 +202,8 @@ impl ResourceView {
             return None;
         }
         let (key, _) = run_key(kind, resource_id);
-        shared.find_run(kind, key, |record| {
-            ResourceView::from_record(kind, key, record, now)
-        })
+        let found = found(shared, kind, key)?;
+        Some(shared.with_counts(|counts| ResourceView::from_record(kind, &found, counts, now)))
     }
 }
 
@@ -204,46 +223,56 @@ impl ResourceList {
     pub fn build(shared: &Shared, query: &ResourceQuery, now: Micros) -> ResourceList {
         let kind = query.kind;
         let mut matching: Vec<(Micros, RunKey)> = Vec::new();
-        let tracked = shared.tracks(kind);
-        let indexed = query.state_type.filter(|t| !t.is_terminal());
-        if let (true, Some(state_type)) = (tracked, indexed) {
-            // Non-terminal states are indexed by entry time: no scan of every run.
-            let before = query.older_than.map_or(Micros::MAX, |age| now - age);
-            shared.with_counts(|counts| {
-                let waiting = &counts.waiting[kind.index()];
-                for (state, _) in waiting.oldest() {
-                    let name_ok = query
-                        .state_name
-                        .as_deref()
-                        .is_none_or(|n| state.name.as_ref() == n);
-                    if state.ty == state_type && name_ok {
+        if shared.tracks(kind) {
+            // The states the query names (by type and name).
+            let wanted: Vec<StateId> = shared.with_counts(|counts| {
+                counts
+                    .states
+                    .ids()
+                    .filter(|&id| {
+                        let state = counts.states.key(id);
+                        query.state_type.is_none_or(|t| state.ty == t)
+                            && query
+                                .state_name
+                                .as_deref()
+                                .is_none_or(|n| state.name.as_ref() == n)
+                    })
+                    .collect()
+            });
+            let indexed = query.state_type.is_some_and(|t| !t.is_terminal());
+            if indexed {
+                // Non-terminal states are indexed by entry time: no scan of every run.
+                let before = query.older_than.map_or(Micros::MAX, |age| now - age);
+                shared.with_counts(|counts| {
+                    let waiting = &counts.waiting[kind.index()];
+                    for &state in &wanted {
                         matching.extend(waiting.entered_before(state, before));
                     }
-                }
-            });
-        } else if tracked {
-            shared.for_each_run(kind, |key, record| {
-                let keep = query.state_type.is_none_or(|t| record.state.ty == t)
-                    && query
-                        .state_name
-                        .as_deref()
-                        .is_none_or(|n| record.state.name.as_ref() == n)
-                    && query.older_than.is_none_or(|age| now - record.since >= age);
-                if keep {
-                    matching.push((record.since, key));
-                }
-            });
+                });
+            } else {
+                shared.for_each_run(kind, |record| {
+                    let keep = wanted.contains(&record.state())
+                        && query
+                            .older_than
+                            .is_none_or(|age| now - record.since() >= age);
+                    if keep {
+                        matching.push((record.since(), record.key()));
+                    }
+                });
+            }
         }
         matching.sort_unstable();
-        let resources = matching
+        let found: Vec<Found> = matching
             .iter()
             .take(query.limit)
-            .filter_map(|&(_, key)| {
-                shared.find_run(kind, key, |record| {
-                    ResourceView::from_record(kind, key, record, now)
-                })
-            })
+            .filter_map(|&(_, key)| found(shared, kind, key))
             .collect();
+        let resources = shared.with_counts(|counts| {
+            found
+                .iter()
+                .map(|f| ResourceView::from_record(kind, f, counts, now))
+                .collect()
+        });
         ResourceList {
             as_of: format_rfc3339(now),
             total_matching: matching.len(),

@@ -155,14 +155,7 @@ impl Collector for StateCollector {
             let kinds: Vec<(RunKind, KindCounts, Oldest)> = self
                 .shared
                 .kinds()
-                .map(|k| {
-                    let mut oldest: Vec<(StateKey, Micros)> = counts.waiting[k.index()]
-                        .oldest()
-                        .map(|(state, since)| (state.clone(), since))
-                        .collect();
-                    oldest.sort_unstable();
-                    (k, counts.kinds[k.index()].clone(), oldest)
-                })
+                .map(|k| (k, counts.kind_counts(k), counts.oldest_waiting(k)))
                 .collect();
             let series_values = counts.series.sets().0.to_vec();
             (

@@ -2,23 +2,23 @@
 //!
 //! Ids are kept while their `occurred` is within the window of the newest `occurred` seen
 //! (event time, not wall time, so a replay of old recordings behaves like the live stream),
-//! up to a hard capacity; the oldest go first. Ids are 128-bit integers in a hash set, and the
-//! eviction order is kept in [`IdBuckets`]: one `Vec` of ids per second of `occurred`.
-//! [`IdBuckets`] alone (without the set) is what the state file keeps and replays.
+//! up to a hard capacity; the oldest go first. The ids themselves are in an [`IdSet`]
+//! (16 bytes an id); the eviction order is a [`Buckets`] of their slot numbers (4 bytes an
+//! id), one `Vec` per second of `occurred`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
+use crate::ingest::buckets::Buckets;
+pub use crate::ingest::buckets::IdBuckets;
+use crate::ingest::id_table::{IdSet, Inserted};
 use crate::model::event::EventId;
-use crate::model::time::{Micros, SECOND};
-
-/// Hasher for id sets: fast and randomly seeded, so crafted ids cannot force collisions.
-pub type IdHasher = foldhash::fast::RandomState;
+use crate::model::time::Micros;
 
 /// The dedup window.
 #[derive(Debug)]
 pub struct Dedup {
-    ids: HashSet<u128, IdHasher>,
-    buckets: IdBuckets,
+    ids: IdSet,
+    buckets: Buckets<u32>,
 }
 
 /// What [`Dedup::check_and_insert`] found.
@@ -33,33 +33,57 @@ pub enum Seen {
 impl Dedup {
     /// An empty window of `window` event-time micros holding at most `capacity` ids.
     pub fn new(window: Micros, capacity: usize) -> Dedup {
-        Dedup::from_buckets(IdBuckets::new(window, capacity))
+        Dedup {
+            ids: IdSet::new(capacity),
+            buckets: Buckets::new(window, capacity),
+        }
     }
 
-    /// A window holding the ids of `buckets` (restored from a state file).
-    pub fn from_buckets(buckets: IdBuckets) -> Dedup {
-        let mut ids = HashSet::with_capacity_and_hasher(buckets.len(), IdHasher::default());
-        for (_, bucket) in buckets.iter() {
-            ids.extend(bucket.iter().copied());
+    /// A window holding the ids of `saved` (restored from a state file), with its limits.
+    pub fn from_buckets(saved: IdBuckets) -> Dedup {
+        let mut dedup = Dedup::new(saved.window(), saved.capacity());
+        let mut by_second: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (second, bucket) in saved.iter() {
+            for &id in bucket {
+                let slot = loop {
+                    match dedup.ids.insert(id) {
+                        Inserted::New(slot) => break Some(slot),
+                        Inserted::Present => break None,
+                        Inserted::Full(part) => {
+                            dedup.ids.rebuild(part, by_second.values_mut().flatten())
+                        }
+                    }
+                };
+                by_second.entry(second).or_default().extend(slot);
+            }
         }
-        Dedup { ids, buckets }
+        dedup.buckets = Buckets::from_parts(
+            saved.window(),
+            saved.capacity(),
+            saved.newest(),
+            saved.evicted_by_capacity(),
+            by_second,
+        );
+        dedup
     }
 
     /// Remembers `id` (occurred at `occurred`) and says whether it was new.
     pub fn check_and_insert(&mut self, id: EventId, occurred: Micros) -> Seen {
-        if !self.ids.insert(id.0) {
-            return Seen::Duplicate;
-        }
+        let slot = loop {
+            match self.ids.insert(id.0) {
+                Inserted::New(slot) => break slot,
+                Inserted::Present => return Seen::Duplicate,
+                Inserted::Full(part) => self.ids.rebuild(part, self.buckets.items_mut()),
+            }
+        };
         let ids = &mut self.ids;
-        self.buckets.push(id.0, occurred, |old| {
-            ids.remove(&old);
-        });
+        self.buckets.push(slot, occurred, |old| ids.remove(old));
         Seen::New
     }
 
     /// Whether `id` is in the window (without inserting it).
     pub fn contains(&self, id: EventId) -> bool {
-        self.ids.contains(&id.0)
+        self.ids.find(id.0).is_some()
     }
 
     /// How many ids are remembered.
@@ -74,133 +98,19 @@ impl Dedup {
 
     /// Ids dropped because the window was full (not because they aged out).
     pub fn evicted_by_capacity(&self) -> u64 {
-        self.buckets.evicted_by_capacity
+        self.buckets.evicted_by_capacity()
     }
 
     /// The newest `occurred` seen.
     pub fn newest(&self) -> Option<Micros> {
-        self.buckets.newest
-    }
-}
-
-/// The ids of a window in eviction order: per second of `occurred`, in insertion order.
-///
-/// Pushing the same ids in the same order into two `IdBuckets` leaves both identical, which
-/// lets the state-file writer keep a copy of the window from the ids the pipeline admitted.
-#[derive(Clone, Debug)]
-pub struct IdBuckets {
-    by_second: BTreeMap<i64, Vec<u128>>,
-    len: usize,
-    window: Micros,
-    capacity: usize,
-    newest: Option<Micros>,
-    evicted_by_capacity: u64,
-}
-
-impl IdBuckets {
-    /// No ids, for a window of `window` event-time micros and at most `capacity` ids.
-    pub fn new(window: Micros, capacity: usize) -> IdBuckets {
-        IdBuckets {
-            by_second: BTreeMap::new(),
-            len: 0,
-            window,
-            capacity: capacity.max(1),
-            newest: None,
-            evicted_by_capacity: 0,
-        }
-    }
-
-    /// Rebuilds a window from its parts (a state file), then applies this window's own
-    /// limits, in case they are smaller than the ones it was saved with.
-    pub fn from_parts(
-        window: Micros,
-        capacity: usize,
-        newest: Option<Micros>,
-        evicted_by_capacity: u64,
-        by_second: BTreeMap<i64, Vec<u128>>,
-    ) -> IdBuckets {
-        let mut buckets = IdBuckets::new(window, capacity);
-        buckets.len = by_second.values().map(Vec::len).sum();
-        buckets.by_second = by_second;
-        buckets.newest = newest;
-        buckets.evicted_by_capacity = evicted_by_capacity;
-        buckets.evict(true, |_| {});
-        buckets
-    }
-
-    /// Appends an id not yet in the window; `evicted` hears every id that leaves.
-    pub fn push(&mut self, id: u128, occurred: Micros, evicted: impl FnMut(u128)) {
-        self.by_second
-            .entry(occurred.div_euclid(SECOND))
-            .or_default()
-            .push(id);
-        self.len += 1;
-        let expire = self.newest.is_none_or(|n| occurred > n);
-        if expire {
-            self.newest = Some(occurred);
-        }
-        self.evict(expire, evicted);
-    }
-
-    /// How many ids are held.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no id is held.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The newest `occurred` seen.
-    pub fn newest(&self) -> Option<Micros> {
-        self.newest
-    }
-
-    /// Ids dropped because the window was full.
-    pub fn evicted_by_capacity(&self) -> u64 {
-        self.evicted_by_capacity
-    }
-
-    /// The buckets, oldest second first.
-    pub fn iter(&self) -> impl Iterator<Item = (i64, &[u128])> + '_ {
-        self.by_second.iter().map(|(s, ids)| (*s, ids.as_slice()))
-    }
-
-    /// Drops ids past the capacity and, when `expire`, ids older than the window.
-    fn evict(&mut self, expire: bool, mut evicted: impl FnMut(u128)) {
-        if let Some(newest) = self.newest.filter(|_| expire) {
-            let cutoff_second = (newest - self.window).div_euclid(SECOND);
-            while let Some(entry) = self.by_second.first_entry() {
-                if *entry.key() >= cutoff_second {
-                    break;
-                }
-                let bucket = entry.remove();
-                self.len -= bucket.len();
-                bucket.into_iter().for_each(&mut evicted);
-            }
-        }
-        while self.len > self.capacity {
-            let Some(mut entry) = self.by_second.first_entry() else {
-                return;
-            };
-            let bucket = entry.get_mut();
-            while self.len > self.capacity {
-                let Some(id) = bucket.pop() else { break };
-                evicted(id);
-                self.len -= 1;
-                self.evicted_by_capacity += 1;
-            }
-            if bucket.is_empty() {
-                entry.remove();
-            }
-        }
+        self.buckets.newest()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::time::SECOND;
 
     const MINUTE: Micros = 60 * SECOND;
 
@@ -248,5 +158,62 @@ mod tests {
         assert!(!d.contains(EventId(1)));
         assert!(d.contains(EventId(4)));
         assert_eq!(d.evicted_by_capacity(), 1);
+    }
+
+    /// The window as it was before the id table: a set of ids and the same buckets of ids.
+    struct Model {
+        ids: std::collections::HashSet<u128>,
+        buckets: IdBuckets,
+    }
+
+    impl Model {
+        fn check_and_insert(&mut self, id: u128, occurred: Micros) -> Seen {
+            if !self.ids.insert(id) {
+                return Seen::Duplicate;
+            }
+            let ids = &mut self.ids;
+            self.buckets.push(id, occurred, |old| {
+                ids.remove(&old);
+            });
+            Seen::New
+        }
+    }
+
+    #[test]
+    fn the_id_table_remembers_exactly_what_a_set_would_through_rebuilds_and_evictions() {
+        let (window, capacity) = (20 * SECOND, 3_000);
+        let mut dedup = Dedup::new(window, capacity);
+        let mut model = Model {
+            ids: Default::default(),
+            buckets: IdBuckets::new(window, capacity),
+        };
+        // A deterministic stream: ids repeat (duplicates), include 0 and 1, and occurred
+        // jumps around (late events), so both eviction paths and rebuilds happen.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for step in 0..60_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let id = match x % 50 {
+                0 => 0,
+                1 => 1,
+                r => u128::from(x % 9_000) << (r % 3 * 40),
+            };
+            let occurred = (step as i64 / 40) * SECOND / 10 - (x % 7) as i64 * SECOND;
+            assert_eq!(
+                dedup.check_and_insert(EventId(id), occurred),
+                model.check_and_insert(id, occurred),
+                "step {step}"
+            );
+            assert_eq!(dedup.len(), model.ids.len(), "step {step}");
+        }
+        for &id in &model.ids {
+            assert!(dedup.contains(EventId(id)));
+        }
+        assert_eq!(
+            dedup.evicted_by_capacity(),
+            model.buckets.evicted_by_capacity()
+        );
+        assert!(dedup.evicted_by_capacity() > 0, "the capacity was reached");
     }
 }

@@ -1,11 +1,14 @@
 //! From bytes to state: decode a frame, drop it if its id was seen, apply it.
 //!
 //! - [`decode`]: bytes to an event or a counted rejection; pure.
-//! - [`dedup`]: the occurred-keyed window of event ids.
+//! - [`dedup`]: the occurred-keyed window of event ids ([`id_table`] holds them,
+//!   [`buckets`] orders their eviction).
 //! - [`pipeline`]: the one path every frame takes, whatever its source.
 
+pub(crate) mod buckets;
 pub mod decode;
 pub mod dedup;
+pub(crate) mod id_table;
 pub mod pipeline;
 #[cfg(test)]
 pub(crate) mod test_support;

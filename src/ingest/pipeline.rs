@@ -323,9 +323,11 @@ mod tests {
         let mut checked = 0;
         for kind in RunKind::ALL {
             let mut scanned: Vec<(String, i64, u128)> = Vec::new();
-            shared.for_each_run(kind, |key, r| {
-                if !r.state.ty.is_terminal() {
-                    scanned.push((r.state.name.to_string(), r.since, key));
+            let states = shared.with_counts(|counts| counts.states.clone());
+            shared.for_each_run(kind, |r| {
+                let state = states.key(r.state());
+                if !state.ty.is_terminal() {
+                    scanned.push((state.name.to_string(), r.since(), r.key()));
                 }
             });
             let mut indexed: Vec<(String, i64, u128)> = shared.with_counts(|counts| {
@@ -333,9 +335,10 @@ mod tests {
                 waiting
                     .oldest()
                     .flat_map(|(state, _)| {
+                        let name = counts.states.key(state).name.to_string();
                         waiting
                             .entered_before(state, i64::MAX)
-                            .map(move |(since, key)| (state.name.to_string(), since, key))
+                            .map(move |(since, key)| (name.clone(), since, key))
                     })
                     .collect()
             });

@@ -21,7 +21,9 @@ use crate::model::event::{StateKey, StateType};
 use crate::model::time::Micros;
 use crate::state::counts::{Aggregates, KindCounts};
 use crate::state::histogram::Histogram;
-use crate::state::record::{RunKey, RunRecord};
+use crate::state::names::{StateId, StateTable};
+use crate::state::record::RunKey;
+use crate::state::tracker::SavedRun;
 
 /// Strings stored once and referenced by index.
 #[derive(Debug, Default)]
@@ -128,11 +130,12 @@ impl Mirror {
         for (id, occurred) in changes.admitted {
             self.dedup.push(id, occurred, |_| {});
         }
-        for (kind, key, record) in changes.runs {
+        let states = &changes.aggregates.states;
+        for (kind, key, saved) in changes.runs {
             let runs = kind.index();
-            match record {
-                Some(record) => {
-                    let encoded = encode_run(&self.run(key, &record));
+            match saved {
+                Some(saved) => {
+                    let encoded = encode_run(&self.run(key, &saved, states));
                     self.runs[runs].insert(key, encoded);
                 }
                 None => {
@@ -194,19 +197,45 @@ impl Mirror {
         }
     }
 
-    fn run(&mut self, key: RunKey, r: &RunRecord) -> RunV1 {
-        let at = r.state_at;
-        let labels = &r.labels;
+    fn run(&mut self, key: RunKey, saved: &SavedRun, states: &StateTable) -> RunV1 {
+        let r = &saved.record;
+        let labels = &saved.labels;
+        let at = r.state_at();
+        let mut state = |id: StateId| self.state(states.key(id));
+        let transitions = r
+            .history()
+            .counts()
+            .map(|t| (t.from.map(&mut state), state(t.to), t.count))
+            .collect();
+        let recent = r
+            .history()
+            .recent()
+            .map(|t| {
+                (
+                    t.from.map(&mut state),
+                    state(t.to),
+                    t.at - at,
+                    t.event.0.to_le_bytes(),
+                )
+            })
+            .collect();
+        let base = r.base();
+        let base = (
+            base.epoch,
+            base.at - at,
+            base.before,
+            base.state.map(&mut state),
+        );
         RunV1 {
             key: key.to_le_bytes(),
-            odd_id: r.odd_id.as_deref().map(str::to_owned),
-            name: r.name.as_deref().map(str::to_owned),
-            state: self.state(&r.state),
+            odd_id: saved.odd_id.as_deref().map(str::to_owned),
+            name: r.name().map(str::to_owned),
+            state: state(r.state()),
             state_at: at,
-            since_before: at - r.since,
-            occurred_after: r.last_occurred - at,
-            state_event: r.state_event.0.to_le_bytes(),
-            series: r.series.0,
+            since_before: at - r.since(),
+            occurred_after: r.last_occurred() - at,
+            state_event: r.state_event().0.to_le_bytes(),
+            series: r.series().0,
             labels: [
                 labels.flow.as_ref().map(|s| self.string(s)),
                 labels.deployment.as_ref().map(|s| self.string(s)),
@@ -214,35 +243,9 @@ impl Mirror {
                 labels.work_queue.as_ref().map(|s| self.string(s)),
             ],
             tags: labels.tags.iter().map(|s| self.string(s)).collect(),
-            transitions: r
-                .transitions
-                .iter()
-                .map(|t| {
-                    (
-                        t.from.as_ref().map(|f| self.state(f)),
-                        self.state(&t.to),
-                        t.count,
-                    )
-                })
-                .collect(),
-            recent: r
-                .recent
-                .iter()
-                .map(|t| {
-                    (
-                        t.from.as_ref().map(|f| self.state(f)),
-                        self.state(&t.to),
-                        t.at - at,
-                        t.event.0.to_le_bytes(),
-                    )
-                })
-                .collect(),
-            base: (
-                r.base.epoch,
-                r.base.at - at,
-                r.base.before,
-                r.base.state.as_ref().map(|s| self.state(s)),
-            ),
+            transitions,
+            recent,
+            base,
         }
     }
 

@@ -3,7 +3,7 @@
 //! Every index in the file is checked, so a file that passes its checksum but does not fit
 //! (written by a buggy build, or edited) is refused with a message instead of panicking.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::error::{Invalid, Unusable};
@@ -14,32 +14,41 @@ use crate::model::event::{EventId, RunKind, StateKey, StateType};
 use crate::model::reject::RejectReason;
 use crate::model::time::Micros;
 use crate::state::counts::{
-    CheckCounts, Counts, EventCounts, KindCounts, DELAY_BUCKETS, DURATION_BUCKETS,
+    CheckCounts, Counts, EventCounts, KindCounts, KindTally, DELAY_BUCKETS, DURATION_BUCKETS,
 };
 use crate::state::histogram::Histogram;
-use crate::state::labels::{Interner, SeriesId, SeriesTable};
+use crate::state::inline::RecentTransition;
+use crate::state::label_sets::{LabelSets, RunLabels};
+use crate::state::labels::{SeriesId, SeriesTable};
 use crate::state::ledger::{Ledger, Names};
-use crate::state::record::{
-    BaseAnchor, RecentTransition, RunKey, RunLabels, RunRecord, TransitionCount,
-};
+use crate::state::names::{StateId, StateTable};
+use crate::state::record::{BaseAnchor, NewRun, RunKey, RunRecord};
 
 /// Resolves the file's table indexes.
 struct Tables {
-    states: Vec<StateKey>,
+    states: Vec<(StateId, StateKey)>,
     strings: Vec<Arc<str>>,
     series: usize,
 }
 
 impl Tables {
-    fn state(&self, i: u32) -> Result<StateKey, Invalid> {
-        self.states.get(i as usize).cloned().ok_or(Invalid::Index {
+    fn state_entry(&self, i: u32) -> Result<&(StateId, StateKey), Invalid> {
+        self.states.get(i as usize).ok_or(Invalid::Index {
             table: "state",
             index: u64::from(i),
         })
     }
 
-    fn maybe_state(&self, i: Option<u32>) -> Result<Option<StateKey>, Invalid> {
-        i.map(|i| self.state(i)).transpose()
+    fn state(&self, i: u32) -> Result<StateKey, Invalid> {
+        self.state_entry(i).map(|(_, key)| key.clone())
+    }
+
+    fn id(&self, i: u32) -> Result<StateId, Invalid> {
+        self.state_entry(i).map(|&(id, _)| id)
+    }
+
+    fn maybe_id(&self, i: Option<u32>) -> Result<Option<StateId>, Invalid> {
+        i.map(|i| self.id(i)).transpose()
     }
 
     fn series(&self, i: u32) -> Result<SeriesId, Invalid> {
@@ -53,7 +62,7 @@ impl Tables {
         }
     }
 
-    fn string(&self, s: &StrV1, share: &mut Interner) -> Result<Arc<str>, Invalid> {
+    fn string(&self, s: &StrV1) -> Result<Arc<str>, Invalid> {
         match s {
             StrV1::Table(i) => self
                 .strings
@@ -63,7 +72,7 @@ impl Tables {
                     table: "string",
                     index: u64::from(*i),
                 }),
-            StrV1::Inline(text) => Ok(share.share(text)),
+            StrV1::Inline(text) => Ok(Arc::from(text.as_str())),
         }
     }
 }
@@ -95,8 +104,8 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, Un
         });
     }
 
-    let (names, strings) = tracker.interners();
-    let mut states = Vec::with_capacity(loaded.states.len());
+    let mut states = StateTable::new(config.max_series);
+    let mut ids = Vec::with_capacity(loaded.states.len());
     for (ty, name) in &loaded.states {
         let ty = StateType::ALL
             .get(usize::from(*ty))
@@ -105,23 +114,30 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, Un
                 table: "state type",
                 index: u64::from(*ty),
             })?;
-        states.push(names.restore_key(ty, name));
+        let id = states.restore_id(ty, name);
+        ids.push((id, states.key(id).clone()));
     }
     let tables = Tables {
-        states,
-        strings: loaded.strings.iter().map(|s| strings.share(s)).collect(),
+        states: ids,
+        strings: loaded
+            .strings
+            .iter()
+            .map(|s| Arc::from(s.as_str()))
+            .collect(),
         series: loaded.counts.series.len(),
     };
 
+    let mut label_sets = LabelSets::new(config.max_series.saturating_mul(4));
     let mut runs = Vec::new();
     let mut keys: [Vec<RunKey>; 2] = Default::default();
     for (index, encoded) in loaded.runs.iter().enumerate() {
         let kind = RunKind::ALL[index];
         for bytes in encoded {
             let run = super::format::decode_run(&bytes.0)?;
-            let (key, record) = record(&tables, strings, run)?;
-            keys[index].push(key);
-            runs.push((kind, key, record));
+            let odd_id = run.odd_id.clone().map(Box::from);
+            let record = record(&tables, &mut label_sets, run)?;
+            keys[index].push(record.key());
+            runs.push((kind, record, odd_id));
         }
     }
 
@@ -159,8 +175,15 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, Un
     for (slot, value) in rejected.iter_mut().zip(&e.rejected) {
         *slot = *value;
     }
+    let tallies = [
+        KindTally::from_view(&kind(&tables, &c.kinds[0])?, &mut states),
+        KindTally::from_view(&kind(&tables, &c.kinds[1])?, &mut states),
+    ];
+    states.set_folded(c.events.folded_state_names);
     let counts = Counts {
-        kinds: [kind(&tables, &c.kinds[0])?, kind(&tables, &c.kinds[1])?],
+        tallies,
+        states,
+        label_sets,
         events: EventCounts {
             state: e.state,
             other: e.other,
@@ -283,70 +306,56 @@ fn shifted(at: Micros, offset: i64) -> Result<Micros, Invalid> {
         .and_then(time)
 }
 
-fn record(t: &Tables, strings: &mut Interner, r: RunV1) -> Result<(RunKey, RunRecord), Invalid> {
+fn record(t: &Tables, sets: &mut LabelSets, r: RunV1) -> Result<RunRecord, Invalid> {
     let at = time(r.state_at)?;
     let [flow, deployment, work_pool, work_queue] = &r.labels;
-    let mut label = |s: &Option<StrV1>| s.as_ref().map(|s| t.string(s, strings)).transpose();
-    let (flow, deployment, work_pool, work_queue) = (
-        label(flow)?,
-        label(deployment)?,
-        label(work_pool)?,
-        label(work_queue)?,
-    );
-    let tags = r
-        .tags
-        .iter()
-        .map(|s| t.string(s, strings))
-        .collect::<Result<_, _>>()?;
+    let label = |s: &Option<StrV1>| s.as_ref().map(|s| t.string(s)).transpose();
     let labels = RunLabels {
-        flow,
-        deployment,
-        work_pool,
-        work_queue,
-        tags,
+        flow: label(flow)?,
+        deployment: label(deployment)?,
+        work_pool: label(work_pool)?,
+        work_queue: label(work_queue)?,
+        tags: r
+            .tags
+            .iter()
+            .map(|s| t.string(s))
+            .collect::<Result<_, _>>()?,
     };
     let transitions = r
         .transitions
         .iter()
-        .map(|&(from, to, count)| {
-            Ok(TransitionCount {
-                from: t.maybe_state(from)?,
-                to: t.state(to)?,
-                count,
-            })
-        })
+        .map(|&(from, to, count)| Ok((t.maybe_id(from)?, t.id(to)?, count)))
         .collect::<Result<Vec<_>, Invalid>>()?;
     let recent = r
         .recent
         .iter()
         .map(|&(from, to, offset, event)| {
             Ok(RecentTransition {
-                from: t.maybe_state(from)?,
-                to: t.state(to)?,
+                from: t.maybe_id(from)?,
+                to: t.id(to)?,
                 at: shifted(at, offset)?,
                 event: EventId(u128::from_le_bytes(event)),
             })
         })
-        .collect::<Result<VecDeque<_>, Invalid>>()?;
+        .collect::<Result<Vec<_>, Invalid>>()?;
     let (epoch, base_offset, before, base_state) = r.base;
-    let record = RunRecord {
-        odd_id: r.odd_id.map(Into::into),
-        name: r.name.map(Into::into),
-        state: t.state(r.state)?,
+    let run = NewRun {
+        key: u128::from_le_bytes(r.key),
+        name: r.name.as_deref(),
+        state: t.id(r.state)?,
         since: shifted(at, r.since_before.checked_neg().unwrap_or(i64::MAX))?,
-        state_at: at,
-        state_event: EventId(u128::from_le_bytes(r.state_event)),
         last_occurred: shifted(at, r.occurred_after)?,
         series: t.series(r.series)?,
-        labels,
-        transitions,
-        recent,
+        labels: sets.acquire_saved(&labels),
         base: BaseAnchor {
             epoch,
             at: shifted(at, base_offset)?,
             before,
-            state: t.maybe_state(base_state)?,
+            state: t.maybe_id(base_state)?,
         },
     };
-    Ok((u128::from_le_bytes(r.key), record))
+    let event = EventId(u128::from_le_bytes(r.state_event));
+    RunRecord::restore(run, at, event, transitions, recent).ok_or(Invalid::Shape(
+        "a run's current state is not its newest transition",
+    ))
 }

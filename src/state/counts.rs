@@ -7,8 +7,10 @@ use crate::model::event::{RunKind, StateKey};
 use crate::model::reject::RejectReason;
 use crate::model::time::Micros;
 use crate::state::histogram::Histogram;
+use crate::state::label_sets::LabelSets;
 use crate::state::labels::{SeriesId, SeriesTable};
 use crate::state::ledger::Ledger;
+use crate::state::names::{StateId, StateTable};
 use crate::state::waiting::Waiting;
 use crate::state::FastMap;
 
@@ -24,7 +26,7 @@ pub const DELAY_BUCKETS: [f64; 12] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0,
 ];
 
-/// Aggregates of one run kind.
+/// Aggregates of one run kind, as readers see them: keyed by state.
 #[derive(Clone, Debug, Default)]
 pub struct KindCounts {
     /// Runs currently in each state.
@@ -41,21 +43,132 @@ pub struct KindCounts {
     pub durations: FastMap<StateKey, Histogram>,
 }
 
-impl KindCounts {
-    pub(super) fn add_current(&mut self, state: &StateKey, delta: i64) {
-        *self.current.entry(state.clone()).or_default() += delta;
+/// Aggregates of one run kind, as the tracker keeps them: indexed by [`StateId`], so an
+/// event touches arrays and integer-keyed maps, never hashes a state name.
+#[derive(Clone, Debug, Default)]
+pub struct KindTally {
+    /// Runs currently in each state (`None`: never counted).
+    current: Vec<Option<i64>>,
+    entries: FastMap<(StateId, SeriesId), u64>,
+    transitions: [[u64; 9]; 10],
+    self_transitions: Vec<u64>,
+    active: FastMap<(StateId, SeriesId), i64>,
+    durations: Vec<Option<Histogram>>,
+}
+
+/// The slot of `id` in a table indexed by state id, grown as needed.
+fn slot<T: Default>(table: &mut Vec<T>, id: StateId) -> &mut T {
+    if table.len() <= id.index() {
+        table.resize_with(id.index() + 1, T::default);
+    }
+    &mut table[id.index()]
+}
+
+impl KindTally {
+    pub(super) fn add_current(&mut self, state: StateId, delta: i64) {
+        *slot(&mut self.current, state).get_or_insert(0) += delta;
     }
 
-    pub(super) fn add_active(&mut self, state: &StateKey, series: SeriesId, delta: i64) {
-        if state.ty.is_terminal() {
+    pub(super) fn add_active(
+        &mut self,
+        states: &StateTable,
+        state: StateId,
+        series: SeriesId,
+        delta: i64,
+    ) {
+        if states.key(state).ty.is_terminal() {
             return;
         }
-        let key = (state.clone(), series);
-        let value = self.active.entry(key.clone()).or_default();
+        let key = (state, series);
+        let value = self.active.entry(key).or_default();
         *value += delta;
         if *value == 0 {
             self.active.remove(&key);
         }
+    }
+
+    pub(super) fn count_entry(&mut self, state: StateId, series: SeriesId) {
+        *self.entries.entry((state, series)).or_default() += 1;
+    }
+
+    pub(super) fn count_transition(&mut self, from_type: Option<usize>, to_type: usize) {
+        self.transitions[from_type.unwrap_or(9)][to_type] += 1;
+    }
+
+    pub(super) fn count_self_transition(&mut self, state: StateId) {
+        *slot(&mut self.self_transitions, state) += 1;
+    }
+
+    pub(super) fn observe_duration(&mut self, state: StateId, seconds: f64) {
+        slot(&mut self.durations, state)
+            .get_or_insert_with(|| Histogram::new(&DURATION_BUCKETS))
+            .observe(seconds);
+    }
+
+    /// Replaces the current counts with `totals`; returns the drift by state type.
+    fn rebase(&mut self, states: &mut StateTable, totals: HashMap<StateKey, i64>) -> [i64; 9] {
+        let mut drift = [0i64; 9];
+        for (i, value) in self.current.iter().enumerate() {
+            if let Some(value) = value {
+                drift[states.key(StateId(i as u16)).ty.index()] -= value;
+            }
+        }
+        self.current.clear();
+        for (key, value) in totals {
+            drift[key.ty.index()] += value;
+            let id = states.restore_id(key.ty, &key.name);
+            *slot(&mut self.current, id) = Some(value);
+        }
+        drift
+    }
+
+    /// The aggregates keyed by state, for readers.
+    pub fn view(&self, states: &StateTable) -> KindCounts {
+        let key = |i: usize| states.key(StateId(i as u16)).clone();
+        KindCounts {
+            current: (self.current.iter().enumerate())
+                .filter_map(|(i, v)| v.map(|v| (key(i), v)))
+                .collect(),
+            entries: (self.entries.iter())
+                .map(|(&(s, series), &n)| ((states.key(s).clone(), series), n))
+                .collect(),
+            transitions: self.transitions,
+            self_transitions: (self.self_transitions.iter().enumerate())
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| (key(i), *n))
+                .collect(),
+            active: (self.active.iter())
+                .map(|(&(s, series), &n)| ((states.key(s).clone(), series), n))
+                .collect(),
+            durations: (self.durations.iter().enumerate())
+                .filter_map(|(i, h)| h.as_ref().map(|h| (key(i), h.clone())))
+                .collect(),
+        }
+    }
+
+    /// Aggregates saved by readers' keys (a state file), with ids from `states`.
+    pub fn from_view(view: &KindCounts, states: &mut StateTable) -> KindTally {
+        let mut tally = KindTally {
+            transitions: view.transitions,
+            ..KindTally::default()
+        };
+        let mut id = |key: &StateKey| states.restore_id(key.ty, &key.name);
+        for (key, &n) in &view.current {
+            *slot(&mut tally.current, id(key)) = Some(n);
+        }
+        for ((key, series), &n) in &view.entries {
+            tally.entries.insert((id(key), *series), n);
+        }
+        for (key, &n) in &view.self_transitions {
+            *slot(&mut tally.self_transitions, id(key)) = n;
+        }
+        for ((key, series), &n) in &view.active {
+            tally.active.insert((id(key), *series), n);
+        }
+        for (key, h) in &view.durations {
+            *slot(&mut tally.durations, id(key)) = Some(h.clone());
+        }
+        tally
     }
 }
 
@@ -126,8 +239,12 @@ impl EventCounts {
 /// The aggregates readers copy: small, behind one lock.
 #[derive(Debug)]
 pub struct Counts {
-    /// Per kind, by [`RunKind::index`].
-    pub kinds: [KindCounts; 2],
+    /// Per kind, by [`RunKind::index`] (read them with [`Counts::kind_counts`]).
+    pub(crate) tallies: [KindTally; 2],
+    /// The states counted, by id.
+    pub states: StateTable,
+    /// The runs' sets of related names, by id.
+    pub label_sets: LabelSets,
     /// Stream counters.
     pub events: EventCounts,
     /// Group-by label sets.
@@ -189,10 +306,13 @@ impl CheckCounts {
 }
 
 impl Counts {
-    /// No counts yet, with an empty label-set table.
-    pub fn new(series: SeriesTable) -> Counts {
+    /// No counts yet, with an empty label-set table and a state table of `max_names`
+    /// distinct names.
+    pub fn new(series: SeriesTable, max_names: usize) -> Counts {
         Counts {
-            kinds: Default::default(),
+            tallies: Default::default(),
+            states: StateTable::new(max_names),
+            label_sets: LabelSets::new(max_names.saturating_mul(4)),
             events: EventCounts::default(),
             series,
             baseline: None,
@@ -208,18 +328,23 @@ impl Counts {
     /// [`Counts::set_baseline`] afterwards: every tracked run's state at the new baseline is
     /// its current state, and anchors are rebased lazily when a run is next touched.
     pub(super) fn rebase(&mut self, kind: RunKind, totals: HashMap<StateKey, i64>) -> [i64; 9] {
-        let current = &mut self.kinds[kind.index()].current;
-        let mut drift = [0i64; 9];
-        for (key, value) in &totals {
-            drift[key.ty.index()] += value - current.get(key).copied().unwrap_or(0);
-        }
-        for (key, value) in current.iter() {
-            if !totals.contains_key(key) {
-                drift[key.ty.index()] -= value;
-            }
-        }
-        *current = totals.into_iter().collect();
-        drift
+        self.tallies[kind.index()].rebase(&mut self.states, totals)
+    }
+
+    /// The aggregates of `kind`, keyed by state.
+    pub fn kind_counts(&self, kind: RunKind) -> KindCounts {
+        self.tallies[kind.index()].view(&self.states)
+    }
+
+    /// When the longest-waiting tracked run of each non-terminal state of `kind` entered it,
+    /// by state.
+    pub fn oldest_waiting(&self, kind: RunKind) -> Vec<(StateKey, Micros)> {
+        let mut oldest: Vec<(StateKey, Micros)> = self.waiting[kind.index()]
+            .oldest()
+            .map(|(state, since)| (self.states.key(state).clone(), since))
+            .collect();
+        oldest.sort_unstable();
+        oldest
     }
 
     /// Starts a new baseline epoch at `at` (after [`Counts::rebase`] of every tracked kind).
@@ -250,6 +375,8 @@ pub struct PersistStats {
 pub struct Aggregates {
     /// Per kind, by [`RunKind::index`].
     pub kinds: [KindCounts; 2],
+    /// The states counted, by id (what run records' ids mean).
+    pub states: StateTable,
     /// Stream counters.
     pub events: EventCounts,
     /// Group-by label sets in id order.
@@ -273,7 +400,8 @@ impl Aggregates {
     pub fn copy(counts: &Counts) -> Aggregates {
         let (sets, other) = counts.series.sets();
         Aggregates {
-            kinds: counts.kinds.clone(),
+            kinds: RunKind::ALL.map(|kind| counts.kind_counts(kind)),
+            states: counts.states.clone(),
             events: counts.events.clone(),
             series: sets.to_vec(),
             series_other: other,

@@ -8,14 +8,14 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use crate::model::event::{RelatedNames, StateKey, StateType};
+use crate::model::event::RelatedNames;
 use crate::model::group_by::GroupBy;
 
 /// The value new state names and label sets fold into once a cap is reached.
 pub const OTHER: &str = "__other__";
 
 /// A set of shared strings with a cap on distinct entries.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Interner {
     set: HashSet<Arc<str>, foldhash::fast::RandomState>,
     cap: usize,
@@ -57,77 +57,6 @@ impl Interner {
     /// The shared copy of `text`, or a private copy when the interner is full.
     pub fn share(&mut self, text: &str) -> Arc<str> {
         self.get_or_insert(text).unwrap_or_else(|| Arc::from(text))
-    }
-
-    /// How many distinct strings are held.
-    pub fn len(&self) -> usize {
-        self.set.len()
-    }
-
-    /// Whether no string is held.
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
-    }
-}
-
-/// State names, folded to [`OTHER`] past the cap.
-#[derive(Debug)]
-pub struct StateNames {
-    names: Interner,
-    other: Arc<str>,
-    folded: u64,
-}
-
-impl StateNames {
-    /// A table holding at most `cap` distinct names (plus [`OTHER`]).
-    pub fn new(cap: usize) -> StateNames {
-        let mut names = Interner::new(cap.saturating_add(StateType::ALL.len()));
-        for ty in StateType::ALL {
-            names.share(ty.default_name());
-        }
-        StateNames {
-            names,
-            other: Arc::from(OTHER),
-            folded: 0,
-        }
-    }
-
-    /// The counted key of a state.
-    pub fn key(&mut self, ty: StateType, name: &str) -> StateKey {
-        let name = match self.names.get_or_insert(name) {
-            Some(shared) => shared,
-            None => {
-                self.folded += 1;
-                self.other.clone()
-            }
-        };
-        StateKey { ty, name }
-    }
-
-    /// The key of a saved state (a state file): never folded, since it was counted under
-    /// this name; [`OTHER`] stays the folded key.
-    pub fn restore_key(&mut self, ty: StateType, name: &str) -> StateKey {
-        let name = if name == OTHER {
-            self.other.clone()
-        } else {
-            self.names.insert_uncapped(name)
-        };
-        StateKey { ty, name }
-    }
-
-    /// The default-named key of a type (`COMPLETED`/`Completed`).
-    pub fn default_key(&mut self, ty: StateType) -> StateKey {
-        self.key(ty, ty.default_name())
-    }
-
-    /// State events whose name was folded into [`OTHER`].
-    pub fn folded(&self) -> u64 {
-        self.folded
-    }
-
-    /// Sets the folded count (restoring a state file).
-    pub fn set_folded(&mut self, folded: u64) {
-        self.folded = folded;
     }
 }
 
@@ -365,20 +294,5 @@ mod tests {
         };
         let id = t.id_for(&r);
         assert_eq!(t.values(id)[0].as_ref(), "a,b");
-    }
-
-    #[test]
-    fn state_names_fold_past_the_cap() {
-        let mut names = StateNames::new(1);
-        assert_eq!(
-            names.key(StateType::Scheduled, "Late").name.as_ref(),
-            "Late"
-        );
-        assert_eq!(names.key(StateType::Running, "Custom").name.as_ref(), OTHER);
-        assert_eq!(
-            names.key(StateType::Completed, "Completed").name.as_ref(),
-            "Completed"
-        );
-        assert_eq!(names.folded(), 1);
     }
 }

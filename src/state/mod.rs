@@ -11,11 +11,15 @@
 
 pub(crate) mod counts;
 pub(crate) mod histogram;
+pub(crate) mod inline;
+pub(crate) mod label_sets;
 pub(crate) mod labels;
 pub(crate) mod ledger;
+pub(crate) mod names;
 pub(crate) mod record;
 pub mod shared;
 pub mod status;
+pub(crate) mod table;
 #[cfg(test)]
 pub(crate) mod test_support;
 #[cfg(test)]

@@ -9,19 +9,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use dashmap::DashMap;
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::model::event::{RunKind, StateKey, StateType};
 use crate::model::time::Micros;
 use crate::state::counts::{Counts, PersistStats, Verdict};
 use crate::state::record::{RunKey, RunRecord};
-
-/// The runs of one kind, keyed by [`RunKey`].
-#[derive(Debug, Default)]
-pub(super) struct RunTable {
-    pub(super) runs: DashMap<RunKey, RunRecord, foldhash::fast::RandomState>,
-}
+use crate::state::table::RunTable;
 
 /// State shared between the pipeline and its readers.
 #[derive(Debug)]
@@ -76,26 +70,31 @@ impl Shared {
         read(&self.counts.lock())
     }
 
-    /// Runs `read` over the record of run `key` of `kind`, if it is tracked.
+    /// Runs `read` over the record of run `key` of `kind` and its resource id when not
+    /// canonical, if it is tracked. Copy what is needed: names of states and labels are
+    /// resolved afterwards, through [`Shared::with_counts`].
     pub fn find_run<R>(
         &self,
         kind: RunKind,
         key: RunKey,
-        read: impl FnOnce(&RunRecord) -> R,
+        read: impl FnOnce(&RunRecord, Option<&str>) -> R,
     ) -> Option<R> {
-        self.table(kind).runs.get(&key).map(|r| read(&r))
+        let table = self.table(kind);
+        let hash = table.hash(key);
+        let shard = table.read(hash);
+        let record = shard.get(hash, key)?;
+        Some(read(record, shard.odd_id(key)))
     }
 
     /// Calls `visit` for every tracked run of `kind` (shard by shard; order unspecified).
-    pub fn for_each_run(&self, kind: RunKind, mut visit: impl FnMut(RunKey, &RunRecord)) {
-        for entry in self.table(kind).runs.iter() {
-            visit(*entry.key(), entry.value());
-        }
+    pub fn for_each_run(&self, kind: RunKind, mut visit: impl FnMut(&RunRecord)) {
+        self.table(kind)
+            .for_each_shard(|shard| shard.records().for_each(&mut visit));
     }
 
     /// Runs of `kind` held in memory.
     pub fn run_count(&self, kind: RunKind) -> usize {
-        self.table(kind).runs.len()
+        self.table(kind).len()
     }
 
     /// The newest `occurred` applied: the stream's resume point.
@@ -130,9 +129,9 @@ impl Shared {
 
     /// The state names counted for `kind`, by type (what reconciliation asks the server).
     pub fn known_state_names(&self, kind: RunKind) -> HashMap<StateType, BTreeSet<String>> {
-        let counts = self.counts.lock();
+        let current = self.counts.lock().kind_counts(kind).current;
         let mut known: HashMap<StateType, BTreeSet<String>> = HashMap::new();
-        for key in counts.kinds[kind.index()].current.keys() {
+        for key in current.keys() {
             known
                 .entry(key.ty)
                 .or_default()

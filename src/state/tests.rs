@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use crate::model::event::{RunKind, StateType};
+use crate::state::names::StateId;
 use crate::state::test_support::{apply, at, event, key, tracker, waiting_runs};
 use crate::state::Tracker;
 
@@ -20,7 +21,7 @@ fn with_baseline(t: &Tracker, second: u32, totals: &[(StateType, i64)]) {
 fn totals(t: &Tracker) -> HashMap<StateType, i64> {
     t.shared().with_counts(|counts| {
         let mut out = HashMap::new();
-        for (k, v) in &counts.kinds[RunKind::FlowRun.index()].current {
+        for (k, v) in &counts.kind_counts(RunKind::FlowRun).current {
             if *v != 0 {
                 *out.entry(k.ty).or_default() += v;
             }
@@ -113,7 +114,7 @@ fn durations_are_observed_on_leaving_and_waiting_runs_are_indexed_oldest_first()
     let mut t = tracker();
     apply(&mut t, &waiting_runs());
     t.shared().with_counts(|counts| {
-        let kc = &counts.kinds[RunKind::FlowRun.index()];
+        let kc = &counts.kind_counts(RunKind::FlowRun);
         let pending = &kc.durations[&key(Pending)];
         assert_eq!(
             (pending.count(), pending.sum()),
@@ -134,8 +135,10 @@ fn durations_are_observed_on_leaving_and_waiting_runs_are_indexed_oldest_first()
             .sum();
         assert_eq!(active, 2, "runs 1 and 2");
         let waiting = &counts.waiting[RunKind::FlowRun.index()];
-        let mut oldest: Vec<(StateType, i64)> =
-            waiting.oldest().map(|(s, since)| (s.ty, since)).collect();
+        let mut oldest: Vec<(StateType, i64)> = waiting
+            .oldest()
+            .map(|(s, since)| (counts.states.key(s).ty, since))
+            .collect();
         oldest.sort_unstable();
         assert_eq!(
             oldest,
@@ -143,7 +146,7 @@ fn durations_are_observed_on_leaving_and_waiting_runs_are_indexed_oldest_first()
             "terminal states are not indexed"
         );
         let pending: Vec<i64> = waiting
-            .entered_before(&key(Pending), at(100))
+            .entered_before(StateId::default_of(Pending), at(100))
             .map(|(since, _)| since)
             .collect();
         assert_eq!(pending, vec![at(10), at(20)]);

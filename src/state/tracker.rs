@@ -15,22 +15,22 @@ use std::borrow::Cow;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-use dashmap::mapref::entry::Entry;
 use parking_lot::MutexGuard;
 
-use crate::model::event::{Event, EventId, RelatedNames, RunKind, StateChange, StateKey};
+use crate::model::event::{Event, RelatedNames, RunKind, StateChange};
 use crate::model::group_by::GroupBy;
 use crate::model::known_run::KnownRun;
 use crate::model::reject::RejectReason;
 use crate::model::time::{as_seconds, Micros};
-use crate::state::counts::{Aggregates, Counts, KindCounts, DURATION_BUCKETS};
-use crate::state::histogram::Histogram;
-use crate::state::labels::{Interner, SeriesId, SeriesTable, StateNames};
+use crate::state::counts::{Aggregates, Counts};
+use crate::state::inline::RecentTransition;
+use crate::state::label_sets::{has_labels, RunLabels};
+use crate::state::labels::{SeriesId, SeriesTable};
 use crate::state::ledger::Ledger;
-use crate::state::record::{
-    has_labels, run_key, run_labels, BaseAnchor, RecentTransition, RunKey, RunRecord,
-};
-use crate::state::shared::{RunTable, Shared};
+use crate::state::names::StateId;
+use crate::state::record::{run_key, BaseAnchor, NewRun, RunKey, RunRecord};
+use crate::state::shared::Shared;
+use crate::state::table::RunTable;
 
 /// Settings of the state layer.
 #[derive(Clone, Debug)]
@@ -49,7 +49,19 @@ pub struct StateConfig {
 
 /// A run's record as it changed since the last [`Tracker::take_dirty`]: `None` when it was
 /// dropped.
-pub type DirtyRun = (RunKind, RunKey, Option<RunRecord>);
+pub type DirtyRun = (RunKind, RunKey, Option<SavedRun>);
+
+/// A copy of a run for the state file: the record, its resource id when not canonical, and
+/// its related names (the record holds only their id).
+#[derive(Clone, Debug)]
+pub struct SavedRun {
+    /// The record.
+    pub record: RunRecord,
+    /// The resource id when not canonical.
+    pub odd_id: Option<Box<str>>,
+    /// Its related names.
+    pub labels: RunLabels,
+}
 
 /// Where terminal runs wait to be retired: (newest `occurred`, kind, key), oldest first.
 type Retention = VecDeque<(Micros, RunKind, RunKey)>;
@@ -61,8 +73,6 @@ type Dirty = Option<HashSet<(RunKind, RunKey), foldhash::fast::RandomState>>;
 #[derive(Debug)]
 pub struct Tracker {
     shared: Arc<Shared>,
-    names: StateNames,
-    strings: Interner,
     config: StateConfig,
     retention: Retention,
     dirty: Dirty,
@@ -72,11 +82,10 @@ impl Tracker {
     /// A tracker with empty state.
     pub fn new(config: StateConfig) -> Tracker {
         let series = SeriesTable::new(config.group_by.clone(), config.max_series);
-        let shared = Arc::new(Shared::new(Counts::new(series), config.track_task_runs));
+        let counts = Counts::new(series, config.max_series);
+        let shared = Arc::new(Shared::new(counts, config.track_task_runs));
         Tracker {
             shared,
-            names: StateNames::new(config.max_series),
-            strings: Interner::new(config.max_series.saturating_mul(4)),
             config,
             retention: VecDeque::new(),
             dirty: None,
@@ -93,18 +102,11 @@ impl Tracker {
         &self.config
     }
 
-    /// The kind `event` is tracked as, when it is a state event of a tracked kind.
-    pub fn tracked_kind(&self, event: &Event<'_>) -> Option<RunKind> {
-        tracked_kind(&self.config, event)
-    }
-
     /// Opens a batch: the aggregates stay locked until [`Writer::finish`] (or drop), so keep
     /// batches short (a few hundred frames).
     pub fn writer(&mut self, now: Micros) -> Writer<'_> {
         let Tracker {
             shared,
-            names,
-            strings,
             config,
             retention,
             dirty,
@@ -113,8 +115,6 @@ impl Tracker {
         Writer {
             counts: shared.lock_counts(),
             shared,
-            names,
-            strings,
             config,
             retention,
             dirty,
@@ -133,11 +133,25 @@ impl Tracker {
             return Vec::new();
         };
         let shared = &self.shared;
-        dirty
+        let found: Vec<_> = dirty
             .drain()
             .map(|(kind, key)| {
-                let record = shared.table(kind).runs.get(&key).map(|r| r.clone());
+                let record = shared.find_run(kind, key, |record, odd_id| {
+                    (record.clone(), odd_id.map(Box::from))
+                });
                 (kind, key, record)
+            })
+            .collect();
+        let sets = &shared.lock_counts().label_sets;
+        found
+            .into_iter()
+            .map(|(kind, key, record)| {
+                let saved = record.map(|(record, odd_id)| SavedRun {
+                    labels: sets.get(record.labels()).clone(),
+                    record,
+                    odd_id,
+                });
+                (kind, key, saved)
             })
             .collect()
     }
@@ -147,26 +161,31 @@ impl Tracker {
         Aggregates::copy(&self.shared.lock_counts())
     }
 
-    /// The state-name table and the label-string interner, for rebuilding records.
-    pub fn interners(&mut self) -> (&mut StateNames, &mut Interner) {
-        (&mut self.names, &mut self.strings)
-    }
-
-    /// Replaces everything with restored aggregates and runs (a state file), and rebuilds the
-    /// retention queue and the waiting index from the runs.
-    pub fn install(&mut self, mut counts: Counts, runs: Vec<(RunKind, RunKey, RunRecord)>) {
+    /// Replaces everything with restored aggregates and runs (a state file; the records'
+    /// state and label ids are those of `counts`), and rebuilds the retention queue and the
+    /// waiting index from the runs.
+    pub fn install(
+        &mut self,
+        mut counts: Counts,
+        runs: Vec<(RunKind, RunRecord, Option<Box<str>>)>,
+    ) {
         let mut retention: Vec<(Micros, RunKind, RunKey)> = Vec::new();
         counts.waiting = Default::default();
-        for (kind, key, record) in runs {
-            counts.waiting[kind.index()].moved(key, None, Some((&record.state, record.since)));
-            if record.state.ty.is_terminal() {
-                retention.push((record.last_occurred, kind, key));
+        for (kind, record, odd_id) in runs {
+            let key = record.key();
+            let state = record.state();
+            let terminal = counts.states.key(state).ty.is_terminal();
+            let waiting = (!terminal).then_some((state, record.since()));
+            counts.waiting[kind.index()].moved(key, None, waiting);
+            if terminal {
+                retention.push((record.last_occurred(), kind, key));
             }
-            self.shared.table(kind).runs.insert(key, record);
+            let table = self.shared.table(kind);
+            let hash = table.hash(key);
+            table.insert(&mut table.write(hash), hash, record, odd_id);
         }
         retention.sort_unstable_by_key(|&(at, kind, key)| (at, kind.index(), key));
         self.retention = retention.into();
-        self.names.set_folded(counts.events.folded_state_names);
         *self.shared.lock_counts() = counts;
     }
 
@@ -183,6 +202,11 @@ impl Tracker {
     /// changing the totals (the baseline already counts it).
     pub fn seed(&mut self, kind: RunKind, run: &KnownRun, now: Micros) {
         self.writer(now).seed(kind, run);
+    }
+
+    /// The kind `event` is tracked as, when it is a state event of a tracked kind.
+    pub fn tracked_kind(&self, event: &Event<'_>) -> Option<RunKind> {
+        tracked_kind(&self.config, event)
     }
 }
 
@@ -201,23 +225,32 @@ pub struct DedupGauges {
 pub struct Writer<'t> {
     counts: MutexGuard<'t, Counts>,
     shared: &'t Shared,
-    names: &'t mut StateNames,
-    strings: &'t mut Interner,
     config: &'t StateConfig,
     retention: &'t mut Retention,
     dirty: &'t mut Dirty,
     now: Micros,
 }
 
-/// One state event, resolved to counted keys.
+/// One state event, resolved to counted ids.
 struct Step<'e, 'a> {
     kind: RunKind,
     key: RunKey,
     event: &'e Event<'a>,
     at: Micros,
-    from: Option<StateKey>,
-    to: StateKey,
+    from: Option<StateId>,
+    to: StateId,
     series: SeriesId,
+}
+
+impl Step<'_, '_> {
+    fn recent(&self) -> RecentTransition {
+        RecentTransition {
+            from: self.from,
+            to: self.to,
+            at: self.at,
+            event: self.event.id,
+        }
+    }
 }
 
 impl<'t> Writer<'t> {
@@ -283,13 +316,24 @@ impl<'t> Writer<'t> {
         change: &StateChange<'_>,
         follows_seen: bool,
     ) {
-        let to = self.names.key(change.to.ty, &change.to.name);
-        let from = change.from.as_ref().map(|f| self.names.key(f.ty, &f.name));
         let counts = &mut *self.counts;
-        counts.events.folded_state_names = self.names.folded();
+        let to = counts.states.id(change.to.ty, &change.to.name);
+        let from = change
+            .from
+            .as_ref()
+            .map(|f| counts.states.id(f.ty, &f.name));
+        counts.events.folded_state_names = counts.states.folded();
         let series = counts.series.id_for(&event.related);
         counts.events.folded_label_sets = counts.series.folded();
-        count_event_transition(counts, kind, &from, &to, series);
+        let tally = &mut counts.tallies[kind.index()];
+        if from == Some(to) {
+            tally.count_self_transition(to);
+            counts.events.self_transitions += 1;
+        } else {
+            tally.count_entry(to, series);
+            let from_type = from.map(|f| counts.states.key(f).ty.index());
+            tally.count_transition(from_type, change.to.ty.index());
+        }
 
         let (key, canonical) = run_key(kind, &event.resource_id);
         self.mark(kind, key);
@@ -303,23 +347,27 @@ impl<'t> Writer<'t> {
             series,
         };
         let table: &'t RunTable = self.shared.table(kind);
-        match table.runs.entry(key) {
-            Entry::Vacant(vacant) => {
-                let record = self.new_run(&step, canonical);
-                vacant.insert(record);
-                self.enforce_cap(kind, key);
-            }
-            Entry::Occupied(mut occupied) => {
+        let hash = table.hash(key);
+        let mut shard = table.write(hash);
+        match shard.get_mut(hash, key) {
+            Some(record) => {
                 if event.follows.is_some() && !follows_seen {
                     self.counts.events.chain_gaps += 1;
                 }
-                self.update_run(occupied.get_mut(), step);
+                self.update_run(record, step);
+            }
+            None => {
+                let record = self.new_run(&step);
+                let odd_id = (!canonical).then(|| Box::from(event.resource_id.as_ref()));
+                table.insert(&mut shard, hash, record, odd_id);
+                drop(shard);
+                self.enforce_cap(kind, key);
             }
         }
     }
 
     /// The record of a run seen for the first time, with its contribution to the totals.
-    fn new_run(&mut self, step: &Step<'_, '_>, canonical: bool) -> RunRecord {
+    fn new_run(&mut self, step: &Step<'_, '_>) -> RunRecord {
         let counts = &mut *self.counts;
         let mut base = BaseAnchor {
             epoch: counts.baseline_epoch,
@@ -330,60 +378,58 @@ impl<'t> Writer<'t> {
         if let Some(b) = counts.baseline {
             base.before = step.at <= b;
             base.state = if base.before {
-                Some(step.to.clone())
+                Some(step.to)
             } else {
-                step.from.clone()
+                step.from
             };
         }
-        let kc = &mut counts.kinds[step.kind.index()];
-        kc.add_current(&step.to, 1);
-        if let Some(state) = &base.state {
-            kc.add_current(state, -1);
+        let terminal = counts.states.key(step.to).ty.is_terminal();
+        let tally = &mut counts.tallies[step.kind.index()];
+        tally.add_current(step.to, 1);
+        if let Some(state) = base.state {
+            tally.add_current(state, -1);
         }
-        kc.add_active(&step.to, step.series, 1);
-        counts.waiting[step.kind.index()].moved(step.key, None, Some((&step.to, step.at)));
+        tally.add_active(&counts.states, step.to, step.series, 1);
+        let waiting = (!terminal).then_some((step.to, step.at));
+        counts.waiting[step.kind.index()].moved(step.key, None, waiting);
         let event = step.event;
-        if step.to.ty.is_terminal() {
+        if terminal {
             self.retention
                 .push_back((event.occurred, step.kind, step.key));
         }
-        let mut record = RunRecord {
-            odd_id: (!canonical).then(|| event.resource_id.as_ref().into()),
-            name: event.resource_name.as_deref().map(Into::into),
-            state: step.to.clone(),
-            since: step.at,
-            state_at: step.at,
-            state_event: event.id,
-            last_occurred: event.occurred,
-            series: step.series,
-            labels: run_labels(self.strings, &event.related),
-            transitions: Vec::new(),
-            recent: VecDeque::new(),
-            base,
-        };
-        record.count_transition(&step.from, &step.to);
-        record.remember(recent(step));
+        let mut record = RunRecord::new(
+            NewRun {
+                key: step.key,
+                name: event.resource_name.as_deref(),
+                state: step.to,
+                since: step.at,
+                last_occurred: event.occurred,
+                series: step.series,
+                labels: counts.label_sets.acquire(&event.related),
+                base,
+            },
+            false,
+        );
+        record.count_transition(step.from, step.to);
+        record.remember(step.recent());
         record
     }
 
     /// Folds one more event into a tracked run's record.
     fn update_run(&mut self, record: &mut RunRecord, step: Step<'_, '_>) {
-        record.count_transition(&step.from, &step.to);
-        record.remember(recent(&step));
+        let current = (record.state_at(), record.state_event());
+        record.count_transition(step.from, step.to);
+        record.remember(step.recent());
         let event = step.event;
-        if event.occurred > record.last_occurred {
-            record.last_occurred = event.occurred;
-            if let Some(name) = event.resource_name.as_deref() {
-                if record.name.as_deref() != Some(name) {
-                    record.name = Some(name.into());
-                }
-            }
-            if has_labels(&event.related) {
-                record.labels = run_labels(self.strings, &event.related);
-            }
+        if record.saw(event.occurred, event.resource_name.as_deref()) && has_labels(&event.related)
+        {
+            let sets = &mut self.counts.label_sets;
+            let labels = sets.acquire(&event.related);
+            sets.release(record.labels());
+            record.set_labels(labels);
         }
         self.move_anchor(record, &step);
-        if (step.at, event.id) > (record.state_at, record.state_event) {
+        if (step.at, event.id) > current {
             self.enter_state(record, step);
         }
     }
@@ -394,23 +440,26 @@ impl<'t> Writer<'t> {
         let Some(baseline) = counts.baseline else {
             return;
         };
-        if record.base.epoch != counts.baseline_epoch {
-            record.base = BaseAnchor {
+        let mut base = record.base();
+        // Records keep the epoch's low 16 bits (see `RunRecord::set_base`).
+        if base.epoch != u64::from(counts.baseline_epoch as u16) {
+            base = BaseAnchor {
                 epoch: counts.baseline_epoch,
-                at: record.state_at,
+                at: record.state_at(),
                 before: true,
-                state: Some(record.state.clone()),
+                state: Some(record.state()),
             };
         }
-        let old = record.base.state.clone();
-        record.base.observe(baseline, step.at, &step.from, &step.to);
-        if record.base.state != old {
-            let kc = &mut counts.kinds[step.kind.index()];
-            if let Some(state) = &old {
-                kc.add_current(state, 1);
+        let old = base.state;
+        base.observe(baseline, step.at, step.from, step.to);
+        record.set_base(base);
+        if base.state != old {
+            let tally = &mut counts.tallies[step.kind.index()];
+            if let Some(state) = old {
+                tally.add_current(state, 1);
             }
-            if let Some(state) = &record.base.state {
-                kc.add_current(state, -1);
+            if let Some(state) = base.state {
+                tally.add_current(state, -1);
             }
         }
     }
@@ -418,31 +467,31 @@ impl<'t> Writer<'t> {
     /// Moves a run into the state of its newest event.
     fn enter_state(&mut self, record: &mut RunRecord, step: Step<'_, '_>) {
         let counts = &mut *self.counts;
-        let kc = &mut counts.kinds[step.kind.index()];
-        let was_terminal = record.state.ty.is_terminal();
-        let before = (record.state != step.to).then(|| (record.state.clone(), record.since));
-        if record.state != step.to {
-            kc.add_current(&record.state, -1);
-            kc.add_current(&step.to, 1);
-            observe_duration(kc, &record.state, step.at - record.since);
-            record.since = step.at;
+        let states = &counts.states;
+        let tally = &mut counts.tallies[step.kind.index()];
+        let (old, old_since) = (record.state(), record.since());
+        let was_terminal = states.key(old).ty.is_terminal();
+        if old != step.to {
+            tally.add_current(old, -1);
+            tally.add_current(step.to, 1);
+            tally.observe_duration(old, (step.at - old_since).max(0) as f64 / 1e6);
         }
-        kc.add_active(&record.state, record.series, -1);
-        kc.add_active(&step.to, step.series, 1);
-        record.state = step.to;
-        record.series = step.series;
-        record.state_at = step.at;
-        record.state_event = step.event.id;
-        if let Some((state, since)) = before {
+        tally.add_active(states, old, record.series(), -1);
+        tally.add_active(states, step.to, step.series, 1);
+        record.enter(step.to, step.series, step.at);
+        let terminal = states.key(step.to).ty.is_terminal();
+        if old != step.to {
+            let waiting =
+                |state, since| (!states.key(state).ty.is_terminal()).then_some((state, since));
             counts.waiting[step.kind.index()].moved(
                 step.key,
-                Some((&state, since)),
-                Some((&record.state, record.since)),
+                waiting(old, old_since),
+                waiting(step.to, record.since()),
             );
         }
-        if record.state.ty.is_terminal() && !was_terminal {
+        if terminal && !was_terminal {
             self.retention
-                .push_back((record.last_occurred, step.kind, step.key));
+                .push_back((record.last_occurred(), step.kind, step.key));
         }
     }
 
@@ -452,19 +501,30 @@ impl<'t> Writer<'t> {
     /// stays, as with retirement; the drop is counted.
     fn enforce_cap(&mut self, kind: RunKind, keep: RunKey) {
         let table: &'t RunTable = self.shared.table(kind);
-        while table.runs.len() > self.config.max_tracked_runs {
+        while table.len() > self.config.max_tracked_runs {
             let Some(victim) = self.eviction_victim(kind, keep) else {
                 return;
             };
-            let Some((_, record)) = table.runs.remove(&victim) else {
+            let hash = table.hash(victim);
+            let removed = table.remove_unless(&mut table.write(hash), hash, victim, |_| false);
+            let Some(record) = removed else {
                 continue;
             };
-            let counts = &mut *self.counts;
-            counts.waiting[kind.index()].moved(victim, Some((&record.state, record.since)), None);
-            counts.kinds[kind.index()].add_active(&record.state, record.series, -1);
-            counts.events.runs_evicted += 1;
+            self.forget(kind, &record);
+            self.counts.events.runs_evicted += 1;
             self.mark(kind, victim);
         }
+    }
+
+    /// Takes a dropped run out of the waiting index, the active gauges and the label sets.
+    fn forget(&mut self, kind: RunKind, record: &RunRecord) {
+        let counts = &mut *self.counts;
+        let state = record.state();
+        if !counts.states.key(state).ty.is_terminal() {
+            counts.waiting[kind.index()].moved(record.key(), Some((state, record.since())), None);
+        }
+        counts.tallies[kind.index()].add_active(&counts.states, state, record.series(), -1);
+        counts.label_sets.release(record.labels());
     }
 
     /// The run [`Writer::enforce_cap`] drops next.
@@ -499,40 +559,50 @@ impl<'t> Writer<'t> {
         let resource_id = format!("{}{}", kind.resource_prefix(), run.id);
         let (key, canonical) = run_key(kind, &resource_id);
         let table: &'t RunTable = self.shared.table(kind);
-        let Entry::Vacant(vacant) = table.runs.entry(key) else {
+        let hash = table.hash(key);
+        let mut shard = table.write(hash);
+        if shard.get(hash, key).is_some() {
             return;
-        };
-        self.mark(kind, key);
-        let state = self.names.key(run.state_type, &run.state_name);
+        }
+        let counts = &mut *self.counts;
+        let state = counts.states.id(run.state_type, &run.state_name);
         let at = run.state_timestamp.unwrap_or(self.now);
         let related = RelatedNames {
             work_pool: run.work_pool.as_deref().map(Cow::Borrowed),
             work_queue: run.work_queue.as_deref().map(Cow::Borrowed),
             ..RelatedNames::default()
         };
-        let counts = &mut *self.counts;
         let series = counts.series.id_for(&related);
-        counts.kinds[kind.index()].add_active(&state, series, 1);
-        counts.waiting[kind.index()].moved(key, None, Some((&state, at)));
-        vacant.insert(RunRecord {
-            odd_id: (!canonical).then(|| resource_id.into()),
-            name: run.name.as_deref().map(Into::into),
-            state: state.clone(),
-            since: at,
-            state_at: at,
-            state_event: EventId(0),
-            last_occurred: at,
-            series,
-            labels: run_labels(self.strings, &related),
-            transitions: Vec::new(),
-            recent: VecDeque::new(),
-            base: BaseAnchor {
-                epoch: counts.baseline_epoch,
-                at,
-                before: true,
-                state: Some(state),
+        counts.tallies[kind.index()].add_active(&counts.states, state, series, 1);
+        if !counts.states.key(state).ty.is_terminal() {
+            counts.waiting[kind.index()].moved(key, None, Some((state, at)));
+        }
+        let record = RunRecord::new(
+            NewRun {
+                key,
+                name: run.name.as_deref(),
+                state,
+                since: at,
+                last_occurred: at,
+                series,
+                labels: counts.label_sets.acquire(&related),
+                base: BaseAnchor {
+                    epoch: counts.baseline_epoch,
+                    at,
+                    before: true,
+                    state: Some(state),
+                },
             },
-        });
+            true,
+        );
+        table.insert(
+            &mut shard,
+            hash,
+            record,
+            (!canonical).then(|| resource_id.into()),
+        );
+        drop(shard);
+        self.mark(kind, key);
         self.enforce_cap(kind, key);
     }
 
@@ -545,18 +615,22 @@ impl<'t> Writer<'t> {
                 break;
             }
             self.retention.pop_front();
+            let table = self.shared.table(kind);
+            let hash = table.hash(key);
             let mut newer = None;
-            let removed = self.shared.table(kind).runs.remove_if(&key, |_, record| {
-                if !record.state.ty.is_terminal() {
-                    return false;
+            let states = &self.counts.states;
+            let removed = table.remove_unless(&mut table.write(hash), hash, key, |record| {
+                if !states.key(record.state()).ty.is_terminal() {
+                    return true;
                 }
-                if record.last_occurred >= cutoff {
-                    newer = Some(record.last_occurred);
-                    return false;
+                if record.last_occurred() >= cutoff {
+                    newer = Some(record.last_occurred());
+                    return true;
                 }
-                true
+                false
             });
-            if removed.is_some() {
+            if let Some(record) = removed {
+                self.counts.label_sets.release(record.labels());
                 self.counts.events.runs_retired += 1;
                 self.mark(kind, key);
             } else if let Some(last) = newer {
@@ -578,44 +652,5 @@ fn tracked_kind(config: &StateConfig, event: &Event<'_>) -> Option<RunKind> {
     match RunKind::of_resource(&event.resource_id)? {
         RunKind::TaskRun if !config.track_task_runs => None,
         kind => Some(kind),
-    }
-}
-
-/// Counts the transition an event carries: a self-transition, or an entry and a transition
-/// by type.
-fn count_event_transition(
-    counts: &mut Counts,
-    kind: RunKind,
-    from: &Option<StateKey>,
-    to: &StateKey,
-    series: SeriesId,
-) {
-    let kc = &mut counts.kinds[kind.index()];
-    if from.as_ref() == Some(to) {
-        *kc.self_transitions.entry(to.clone()).or_default() += 1;
-        counts.events.self_transitions += 1;
-    } else {
-        *kc.entries.entry((to.clone(), series)).or_default() += 1;
-        let from_index = from.as_ref().map_or(9, |f| f.ty.index());
-        kc.transitions[from_index][to.ty.index()] += 1;
-    }
-}
-
-/// Records time spent in `state` when a run leaves it.
-fn observe_duration(kc: &mut KindCounts, state: &StateKey, micros: Micros) {
-    let seconds = micros.max(0) as f64 / 1e6;
-    kc.durations
-        .entry(state.clone())
-        .or_insert_with(|| Histogram::new(&DURATION_BUCKETS))
-        .observe(seconds);
-}
-
-/// The transition a record keeps among its last few.
-fn recent(step: &Step<'_, '_>) -> RecentTransition {
-    RecentTransition {
-        from: step.from.clone(),
-        to: step.to.clone(),
-        at: step.at,
-        event: step.event.id,
     }
 }
