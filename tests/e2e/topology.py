@@ -152,9 +152,11 @@ class Postgres:
                             "to run as root): install Debian's postgresql package", pytrace=False)
             self._as_user = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
             # The postgres user must reach its directory: let others traverse (not list) the
-            # parent temp dirs made by mkdtemp (0700), and own its own dir.
-            for parent in (root, *root.parents):
-                if parent == Path(tempfile.gettempdir()) or parent == parent.parent:
+            # parent temp dirs made by mkdtemp (0700) — only those below the system temp dir,
+            # never anything else — and own its own dir.
+            tmp = Path(tempfile.gettempdir()).resolve()
+            for parent in (root.resolve(), *root.resolve().parents):
+                if tmp not in parent.parents:
                     break
                 mode = parent.stat().st_mode & 0o777
                 if mode & 0o001 == 0:
