@@ -8,13 +8,14 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use prefect_events_exporter::decode::{decode, Decoded};
-use prefect_events_exporter::dedup::Dedup;
-use prefect_events_exporter::event::RunKind;
-use prefect_events_exporter::labels::GroupBy;
-use prefect_events_exporter::pipeline::{Pipeline, PipelineConfig};
+use prefect_events_exporter::ingest::decode::{decode, Decoded};
+use prefect_events_exporter::ingest::dedup::Dedup;
+use prefect_events_exporter::ingest::{Pipeline, PipelineConfig};
+use prefect_events_exporter::model::event::RunKind;
+use prefect_events_exporter::model::group_by::GroupBy;
+use prefect_events_exporter::model::time::SECOND;
+use prefect_events_exporter::state::tracker::DedupGauges;
 use prefect_events_exporter::state::{StateConfig, Tracker};
-use prefect_events_exporter::timestamp::SECOND;
 
 /// Copies of the recording in the bench stream.
 const COPIES: u32 = 8;
@@ -130,15 +131,14 @@ fn benches(c: &mut Criterion) {
         b.iter_batched(
             || Tracker::new(config().state),
             |mut tracker| {
-                let shared = tracker.shared().clone();
-                let mut counts = shared.counts.lock();
+                let mut writer = tracker.writer(0);
                 for e in &events {
-                    if let (Some(kind), Some(change)) = (tracker.tracked_kind(e), e.state.as_ref())
-                    {
-                        tracker.apply(&mut counts, kind, e, change, true);
+                    if let (Some(kind), Some(change)) = (writer.tracked_kind(e), e.state.as_ref()) {
+                        writer.apply(kind, e, change, true);
                     }
                 }
-                black_box(counts.kinds[RunKind::FlowRun.index()].current.len());
+                writer.finish(DedupGauges::default());
+                black_box(tracker.shared().run_count(RunKind::FlowRun));
             },
             BatchSize::LargeInput,
         )

@@ -8,12 +8,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use prefect_events_exporter::exposition::Format;
-use prefect_events_exporter::labels::GroupBy;
-use prefect_events_exporter::metrics::{Clock, Metrics};
-use prefect_events_exporter::pipeline::{Pipeline, PipelineConfig};
+use prefect_events_exporter::expose::collect::Metrics;
+use prefect_events_exporter::expose::exposition::Format;
+use prefect_events_exporter::ingest::{Pipeline, PipelineConfig};
+use prefect_events_exporter::model::group_by::GroupBy;
+use prefect_events_exporter::model::time::Clock;
+use prefect_events_exporter::state::status::Status;
 use prefect_events_exporter::state::StateConfig;
-use prefect_events_exporter::status::Status;
 
 const DEPLOYMENTS: usize = 5_000;
 

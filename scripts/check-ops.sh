@@ -6,10 +6,9 @@
 #   bash scripts/check-ops.sh            # from anywhere
 #   PROMTOOL=/path/to/promtool bash scripts/check-ops.sh
 #
-# If promtool is not on PATH it is installed from the Debian/Ubuntu `prometheus` package (as
-# root or with sudo; `apt-get update` only if the package cannot be installed without it), with
-# service start-up disabled during the install, and any Prometheus server the install started
-# anyway is stopped again. Needs python3 (standard library only).
+# If promtool is not on PATH it is installed by scripts/install-prometheus.sh (Debian's
+# `prometheus` package, without leaving a server running). Needs python3 (standard library
+# only).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -21,14 +20,7 @@ DASHBOARD=dashboards/prefect-events-exporter.json
 passed=0
 failed=0
 work=$(mktemp -d)
-created_policy_rc=""
-cleanup() {
-  rm -rf "$work"
-  if [[ -n $created_policy_rc ]]; then
-    $SUDO rm -f /usr/sbin/policy-rc.d || true
-  fi
-}
-SUDO=""
+cleanup() { rm -rf "$work"; }
 trap cleanup EXIT
 
 check() {
@@ -46,59 +38,8 @@ check() {
 
 # --- promtool ------------------------------------------------------------------------------
 
-prometheus_pids() { pgrep -x prometheus 2>/dev/null | sort || true; }
-
 install_promtool() {
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "promtool is not on PATH and apt-get is not available: install Prometheus' promtool" >&2
-    return 1
-  fi
-  if [[ $(id -u) -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-      SUDO=sudo
-    else
-      echo "promtool is not on PATH; installing it needs root (or sudo)" >&2
-      return 1
-    fi
-  fi
-  local before after pid
-  before=$(prometheus_pids)
-  # Keep the package's postinst from starting a Prometheus server (Debian's policy-rc.d).
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod 755 /usr/sbin/policy-rc.d
-    created_policy_rc=1
-  fi
-  local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus)
-  local updated=""
-  if ! apt-cache show prometheus >/dev/null 2>&1; then
-    echo "apt-get update (the package lists do not know prometheus)"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    updated=1
-  fi
-  if ! $SUDO "${install[@]}"; then
-    if [[ -n $updated ]]; then
-      return 1
-    fi
-    echo "apt-get update (install failed with the current package lists)"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    $SUDO "${install[@]}" || return 1
-  fi
-  if [[ -n $created_policy_rc ]]; then
-    $SUDO rm -f /usr/sbin/policy-rc.d
-    created_policy_rc=""
-  fi
-  # Stop any Prometheus server the install started (only those: not ones running before).
-  sleep 1
-  after=$(prometheus_pids)
-  for pid in $(comm -13 <(echo "$before") <(echo "$after")); do
-    echo "stopping the prometheus server the package started (pid $pid)"
-    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-      $SUDO systemctl stop prometheus.service 2>/dev/null || true
-    fi
-    $SUDO kill "$pid" 2>/dev/null || true
-  done
-  command -v promtool >/dev/null 2>&1
+  bash scripts/install-prometheus.sh && command -v promtool >/dev/null 2>&1
 }
 
 find_promtool() {

@@ -1,58 +1,41 @@
 //! prefect-events-exporter: exact, real-time counts of Prefect run states from Prefect's
 //! events stream, served as Prometheus/OpenMetrics and JSON.
 //!
-//! Data flow, one file per step:
+//! # Layers
 //!
-//! ```text
-//! source::replay (JSONL lines)      ──┐
-//! (later: source::ws, source::redis)──┴─> pipeline: decode ─> dedup ─> state (Tracker)
-//!                                                                        │
-//!                    http (/metrics via metrics + exposition, /api/v1 via report) <─┘
-//! ```
+//! Data flows up this table: a source yields raw frames, the pipeline decodes, deduplicates
+//! and applies them to the state, and the exposition and HTTP layers read the state. Each
+//! layer imports only the layers its row names (and `std` and crates); nothing imports
+//! upward, so there is no import circle. `tests/integration/layers.rs` checks every `crate::`
+//! path of `src/` against this table (test modules may reach further, to build fixtures).
 //!
-//! - [`event`], [`timestamp`]: the vocabulary (state types, ids, decoded events, times).
-//! - [`decode`]: bytes to an event or a counted rejection; pure.
-//! - [`dedup`]: the occurred-keyed window of event ids.
-//! - [`state`]: per-run records keyed by `prefect.resource.id` and the aggregates.
-//! - [`labels`], [`histogram`]: bounded label tables, plain histograms.
-//! - [`pipeline`]: the one path every frame takes.
-//! - [`source`]: where frames come from.
-//! - [`report`], [`query`]: the JSON API documents and parameters.
-//! - [`metrics`], [`exposition`]: every metric's definition; text and OpenMetrics output.
-//! - [`http`], [`status`]: the server and the readiness it reports.
-//! - [`persist`]: the state file that carries counts across restarts.
-//! - [`web_limits`], [`web_auth`], [`web_tls`]: what the server refuses, whom it serves,
-//!   and HTTPS.
-//! - [`config`], [`app`]: flags, and the wiring of the commands.
+//! | layer | what it holds | may import |
+//! |---|---|---|
+//! | `model` | event vocabulary, rejection reasons, time and durations, secrets, group-by dimensions, runs known from REST | |
+//! | `state` | run records, counts, labels, histograms, ledger, readiness; one writer ([`state::Tracker`]), readers through [`state::Shared`] | `model` |
+//! | `ingest` | decode, dedup, the pipeline | `model`, `state` |
+//! | `source` | replay files, the events websocket | `model` |
+//! | `prefect` | the REST client, reconciliation, verification | `model`, `state` |
+//! | `persist` | the state file | `model`, `state`, `ingest` |
+//! | `expose` | metric catalogue and collectors, exposition formats, JSON documents | `model`, `state` |
+//! | `web` | the HTTP server, routes, query parameters, auth, limits, TLS, HTTP metrics | `model`, `state`, `expose` |
+//! | `fake_server` | `serve-replay`: a Prefect server made of recordings | `model`, `ingest`, `source`, `web` |
+//! | `error` | a command's failure and its exit code | `web`, `persist`, `fake_server` |
+//! | `run` | the commands: one start-up and shutdown sequence, live, replay, record | `model`, `state`, `ingest`, `source`, `prefect`, `persist`, `expose`, `web`, `error` |
+//! | `cli` | flags to settings (clap stays here) | `model`, `state`, `ingest`, `source`, `web`, `fake_server`, `run` |
+//!
+//! The binary (`main.rs`) parses the command line, sets up logging and signals, and calls
+//! `run` or `fake_server`.
 
-pub mod app;
-pub mod config;
-pub mod decode;
-pub mod dedup;
-pub mod event;
-pub mod exposition;
+pub mod cli;
+pub mod error;
+pub mod expose;
 pub mod fake_server;
-pub mod histogram;
-pub mod http;
-pub mod labels;
-pub mod ledger;
-pub mod live;
-pub mod metrics;
-pub mod persist;
-pub mod pipeline;
-pub mod prefect_api;
-pub mod query;
-pub mod reconcile;
-pub mod record;
-pub mod report;
-pub mod secret;
-pub mod source;
+pub mod ingest;
+pub mod model;
+pub(crate) mod persist;
+pub(crate) mod prefect;
+pub mod run;
+pub(crate) mod source;
 pub mod state;
-pub mod status;
-#[cfg(test)]
-mod test_support;
-pub mod timestamp;
-pub mod verify;
-pub mod web_auth;
-pub mod web_limits;
-pub mod web_tls;
+pub mod web;

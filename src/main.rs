@@ -1,5 +1,6 @@
-//! The `prefect-events-exporter` binary: parse flags, set up logging and signals, run a
-//! command, map the outcome to an exit code. The only place that prints errors and exits.
+//! The `prefect-events-exporter` binary: parse flags into settings, set up logging and
+//! signals, run a command, map the outcome to an exit code. The only place that prints
+//! errors and exits.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -9,8 +10,9 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use prefect_events_exporter::app::{self, AppError};
-use prefect_events_exporter::config::{Cli, Command, LogFormat};
+use prefect_events_exporter::cli::{Cli, Invocation, LogFormat};
+use prefect_events_exporter::error::Error;
+use prefect_events_exporter::{fake_server, run};
 
 /// mimalloc instead of the system allocator: the socket reader allocates every frame and the
 /// pipeline task frees it, a pattern on which glibc's arenas contend on their locks and keep
@@ -23,32 +25,23 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return flag_error(e),
     };
-    let result = match cli.command {
-        Some(Command::Replay(args)) => {
-            init_logging(args.log_format);
-            app::replay(&args).map(|(output, summary)| {
-                let mut stdout = std::io::stdout().lock();
-                let _ = stdout.write_all(output.as_bytes());
-                let _ = stdout.flush();
-                eprintln!("{summary}");
-            })
+    init_logging(cli.log_format);
+    let result = match cli.invocation() {
+        Invocation::Replay(settings) => run::offline::replay(&settings).map(|(output, summary)| {
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(output.as_bytes());
+            let _ = stdout.flush();
+            eprintln!("{summary}");
+        }),
+        Invocation::Run(settings) => block_on(|shutdown| run::run(settings, shutdown)),
+        Invocation::Record(settings) => {
+            block_on(|shutdown| run::record::record(settings, shutdown))
         }
-        Some(Command::Run(args)) => {
-            init_logging(args.log_format);
-            block_on(|shutdown| app::run(args, shutdown))
-        }
-        Some(Command::Record(args)) => {
-            init_logging(args.log_format);
-            block_on(|shutdown| prefect_events_exporter::record::record(args, shutdown))
-        }
-        Some(Command::ServeReplay(args)) => {
-            init_logging(args.log_format);
-            block_on(|shutdown| prefect_events_exporter::fake_server::run(args, shutdown))
-        }
-        None => {
-            init_logging(cli.run.log_format);
-            block_on(|shutdown| app::run(cli.run, shutdown))
-        }
+        Invocation::ServeReplay(settings) => block_on(|shutdown| async move {
+            fake_server::run(settings, shutdown)
+                .await
+                .map_err(Error::from)
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,19 +54,16 @@ fn main() -> ExitCode {
 
 /// Runs an async command on a multi-threaded runtime with SIGINT/SIGTERM wired to its
 /// shutdown token.
-fn block_on<F, Fut>(command: F) -> Result<(), AppError>
+fn block_on<F, Fut>(command: F) -> Result<(), Error>
 where
     F: FnOnce(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = Result<(), AppError>>,
+    Fut: std::future::Future<Output = Result<(), Error>>,
 {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|source| AppError::Http {
-            addr: "runtime".to_owned(),
-            source,
-        })?;
+        .map_err(Error::Runtime)?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));

@@ -5,7 +5,12 @@
 
 use serde_json::Value;
 
-use crate::timestamp::{now_micros, parse_rfc3339, Micros, SECOND};
+use crate::model::time::{now_micros, parse_rfc3339, Micros, SECOND};
+
+/// A filter Prefect's validation would refuse (422), with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FilterError(String);
 
 /// A parsed filter.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -42,7 +47,7 @@ pub struct Candidate<'a> {
     pub resource_id: &'a str,
 }
 
-fn strings(value: &Value, field: &str) -> Result<Option<Vec<String>>, String> {
+fn strings(value: &Value, field: &str) -> Result<Option<Vec<String>>, FilterError> {
     match value {
         Value::Null => Ok(None),
         Value::Array(items) => items
@@ -50,11 +55,11 @@ fn strings(value: &Value, field: &str) -> Result<Option<Vec<String>>, String> {
             .map(|v| {
                 v.as_str()
                     .map(str::to_owned)
-                    .ok_or_else(|| format!("{field}: not a list of strings"))
+                    .ok_or_else(|| FilterError(format!("{field}: not a list of strings")))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
-        _ => Err(format!("{field}: not a list")),
+        _ => Err(FilterError(format!("{field}: not a list"))),
     }
 }
 
@@ -62,32 +67,34 @@ fn object<'a>(
     value: &'a Value,
     field: &str,
     allowed: &[&str],
-) -> Result<Option<&'a serde_json::Map<String, Value>>, String> {
+) -> Result<Option<&'a serde_json::Map<String, Value>>, FilterError> {
     match value {
         Value::Null => Ok(None),
         Value::Object(map) => {
             if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-                return Err(format!("{field}.{unknown}: extra inputs are not permitted"));
+                return Err(FilterError(format!(
+                    "{field}.{unknown}: extra inputs are not permitted"
+                )));
             }
             Ok(Some(map))
         }
-        _ => Err(format!("{field}: not an object")),
+        _ => Err(FilterError(format!("{field}: not an object"))),
     }
 }
 
-fn timestamp(value: &Value, field: &str) -> Result<Option<Micros>, String> {
+fn timestamp(value: &Value, field: &str) -> Result<Option<Micros>, FilterError> {
     match value {
         Value::Null => Ok(None),
         Value::String(s) => parse_rfc3339(s)
             .map(Some)
-            .ok_or_else(|| format!("{field}: invalid datetime")),
-        _ => Err(format!("{field}: invalid datetime")),
+            .ok_or_else(|| FilterError(format!("{field}: invalid datetime"))),
+        _ => Err(FilterError(format!("{field}: invalid datetime"))),
     }
 }
 
 impl EventFilter {
     /// Parses the `filter` object of a websocket filter message or a REST body.
-    pub fn parse(value: &Value) -> Result<EventFilter, String> {
+    pub fn parse(value: &Value) -> Result<EventFilter, FilterError> {
         const TOP: &[&str] = &[
             "occurred",
             "event",

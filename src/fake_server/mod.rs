@@ -3,10 +3,10 @@
 //! ([`ws`]), the REST endpoints answer from the events released so far ([`rest`]), the file
 //! plays as a timeline ([`timeline`]), and faults can be injected on purpose.
 
-pub mod filter;
-pub mod rest;
-pub mod timeline;
-pub mod ws;
+pub(crate) mod filter;
+pub(crate) mod rest;
+pub(crate) mod timeline;
+pub(crate) mod ws;
 
 use std::sync::Arc;
 
@@ -22,12 +22,40 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::app::AppError;
-use crate::config::ServeReplayArgs;
-use crate::http::{error, serve, HttpResponse, ServeConfig, HEADER_READ_TIMEOUT};
-use crate::web_limits::read_body;
-use timeline::{PlayConfig, Store};
-use ws::{Faults, WsServerConfig};
+use crate::model::secret::Secret;
+use crate::web::limits::read_body;
+use crate::web::response::{error, HttpResponse};
+use crate::web::server::{bind, serve, ServeConfig, DEFAULT_HEADER_TIMEOUT};
+use timeline::Store;
+pub use timeline::{Pace, PlayConfig};
+pub use ws::Faults;
+use ws::WsServerConfig;
+
+/// What `serve-replay` serves, and how.
+#[derive(Clone, Debug)]
+pub struct ServeReplaySettings {
+    /// Recorded JSONL files, played in order as one timeline.
+    pub files: Vec<std::path::PathBuf>,
+    /// Where to listen.
+    pub listen: std::net::SocketAddr,
+    /// How events are released.
+    pub play: PlayConfig,
+    /// The auth string clients must present, like `PREFECT_SERVER_API_AUTH_STRING`.
+    pub auth_string: Option<Secret>,
+    /// Faults to inject.
+    pub faults: Faults,
+}
+
+/// Why `serve-replay` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The recordings cannot be played.
+    #[error("FILE: {0}")]
+    Recording(#[from] timeline::LoadError),
+    /// The HTTP server could not start or failed.
+    #[error(transparent)]
+    Web(#[from] crate::web::Error),
+}
 
 /// Largest REST request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
@@ -107,7 +135,7 @@ async fn handle(server: Arc<FakeServer>, req: Request<Incoming>) -> HttpResponse
     }
     let method = req.method().as_str().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
-    let body = match read_body(req.into_body(), MAX_BODY, HEADER_READ_TIMEOUT).await {
+    let body = match read_body(req.into_body(), MAX_BODY, DEFAULT_HEADER_TIMEOUT).await {
         Ok(body) => body,
         Err(e) => return e.response(),
     };
@@ -123,14 +151,10 @@ async fn handle(server: Arc<FakeServer>, req: Request<Incoming>) -> HttpResponse
 }
 
 /// `serve-replay FILE... --listen ADDR`.
-pub async fn run(args: ServeReplayArgs, shutdown: CancellationToken) -> Result<(), AppError> {
-    let templates = timeline::load(&args.files).map_err(|message| AppError::Config {
-        flag: "FILE",
-        message,
-    })?;
-    let addr = args.listen.to_string();
-    let (listener, local) = crate::app::bind(args.listen).await?;
-    let auth_string = args
+pub async fn run(settings: ServeReplaySettings, shutdown: CancellationToken) -> Result<(), Error> {
+    let templates = timeline::load(&settings.files)?;
+    let (listener, local) = bind(settings.listen).await?;
+    let auth_string = settings
         .auth_string
         .as_ref()
         .map(|s| s.expose().to_owned())
@@ -145,28 +169,16 @@ pub async fn run(args: ServeReplayArgs, shutdown: CancellationToken) -> Result<(
         }),
         ws: WsServerConfig {
             auth_string,
-            faults: Faults {
-                disconnect_every: args.disconnect_every,
-                close_code: args.close_code,
-                duplicate_rate: args.duplicate_rate,
-                drop_live_rate: args.drop_live_rate,
-                reorder_window: args.reorder_window,
-                stall_ms: args.stall_ms,
-            },
+            faults: settings.faults.clone(),
         },
         base_url: format!("http://{local}"),
         shutdown: shutdown.clone(),
     });
     info!(listen = %local, events = templates.len(), api_url = %format!("http://{local}/api"), "Serving recorded events as a Prefect server.");
-    let play = PlayConfig {
-        pace: args.pace(),
-        keep_timestamps: args.keep_timestamps,
-        looped: args.r#loop,
-    };
     let player = tokio::spawn(timeline::play(
         templates,
         server.store.clone(),
-        play,
+        settings.play.clone(),
         shutdown.clone(),
     ));
     let handler_server = server.clone();
@@ -178,7 +190,10 @@ pub async fn run(args: ServeReplayArgs, shutdown: CancellationToken) -> Result<(
     )
     .await;
     player.abort();
-    served.map_err(|source| AppError::Http { addr, source })?;
+    served.map_err(|source| crate::web::Error::Serve {
+        addr: settings.listen.to_string(),
+        source,
+    })?;
     info!("Stopped.");
     Ok(())
 }

@@ -9,9 +9,9 @@ use serde_json::{json, Value};
 
 use super::filter::EventFilter;
 use super::timeline::{RunInfo, Store};
-use crate::event::RunKind;
-use crate::http::{error, json, HttpResponse};
-use crate::timestamp::format_rfc3339;
+use crate::model::event::RunKind;
+use crate::model::time::format_rfc3339;
+use crate::web::response::{error, json, HttpResponse};
 
 /// The server version reported to clients' version checks (the recordings' server).
 const RECORDED_VERSION: &str = "3.9.1";
@@ -99,7 +99,7 @@ fn matching(
 fn page(store: &Store, base_url: &str, raw_filter: &Value, offset: usize) -> HttpResponse {
     let filter = match EventFilter::parse(raw_filter) {
         Ok(filter) => filter,
-        Err(message) => return error(StatusCode::UNPROCESSABLE_ENTITY, &message),
+        Err(e) => return error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
     };
     let events = matching(store, &filter);
     let end = (offset + EVENT_PAGE).min(events.len());
@@ -158,7 +158,7 @@ pub fn handle(
         ("POST", "/api/events/count-by/event") => {
             let filter = match EventFilter::parse(&body["filter"]) {
                 Ok(filter) => filter,
-                Err(message) => return Some(error(StatusCode::UNPROCESSABLE_ENTITY, &message)),
+                Err(e) => return Some(error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string())),
             };
             let mut counts: BTreeMap<String, (u64, i64, i64)> = BTreeMap::new();
             for event in matching(store, &filter) {

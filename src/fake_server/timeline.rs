@@ -14,10 +14,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::decode::{decode, Decoded};
-use crate::event::{RunKind, StateType};
+use crate::ingest::decode::{decode, Decoded};
+use crate::model::event::{RunKind, StateType};
+use crate::model::time::{format_rfc3339, now_micros, parse_rfc3339, Micros, SECOND};
 use crate::source::replay::{Line, LineReader};
-use crate::timestamp::{format_rfc3339, now_micros, parse_rfc3339, Micros, SECOND};
 
 /// How events are released.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -97,19 +97,35 @@ pub struct Template {
     occurred: Micros,
 }
 
+/// Why recordings cannot be played.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// No line of any file is an event.
+    #[error("the files hold no events")]
+    NoEvents,
+}
+
 /// Reads events from files: frames or bare events, validated by the exporter's own decoder;
 /// other lines are skipped, and an id seen before keeps its first copy (a server stores each
 /// event once).
-pub fn load(files: &[PathBuf]) -> Result<Vec<Template>, String> {
+pub fn load(files: &[PathBuf]) -> Result<Vec<Template>, LoadError> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for path in files {
-        let mut reader =
-            LineReader::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        while let Some(line) = reader
-            .next_line()
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        {
+        let unreadable = |source| LoadError::Read {
+            path: path.clone(),
+            source,
+        };
+        let mut reader = LineReader::open(path).map_err(unreadable)?;
+        while let Some(line) = reader.next_line().map_err(unreadable)? {
             let Line::Frame(bytes) = line else { continue };
             let Decoded::Event(event) = decode(bytes) else {
                 continue;
@@ -130,7 +146,7 @@ pub fn load(files: &[PathBuf]) -> Result<Vec<Template>, String> {
         }
     }
     if out.is_empty() {
-        return Err("the files hold no events".to_owned());
+        return Err(LoadError::NoEvents);
     }
     Ok(out)
 }
@@ -195,11 +211,6 @@ impl Store {
     /// How many events were released.
     pub fn len(&self) -> usize {
         self.events.read().len()
-    }
-
-    /// Whether nothing was released yet.
-    pub fn is_empty(&self) -> bool {
-        self.events.read().is_empty()
     }
 }
 

@@ -21,8 +21,8 @@ use tracing::debug;
 
 use super::filter::EventFilter;
 use super::timeline::{Store, StoredEvent};
-use crate::decode::MAX_FRAME_BYTES;
-use crate::timestamp::now_micros;
+use crate::model::event::MAX_FRAME_BYTES;
+use crate::model::time::now_micros;
 
 /// Server pings this often; a ping unanswered this long closes the connection (1011).
 const PING_INTERVAL: Duration = Duration::from_secs(20);

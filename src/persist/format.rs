@@ -105,7 +105,7 @@ pub struct ReplayV1 {
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct RunBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
-/// The aggregates ([`crate::state::Counts`]).
+/// The aggregates ([`crate::state::counts::Counts`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct CountsV1 {
     /// Flow runs, then task runs.
@@ -159,7 +159,7 @@ pub struct HistogramV1 {
     pub count: u64,
 }
 
-/// Stream counters ([`crate::state::EventCounts`]).
+/// Stream counters ([`crate::state::counts::EventCounts`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct EventsV1 {
     /// Decoded state events.
@@ -188,7 +188,7 @@ pub struct EventsV1 {
     pub folded_label_sets: u64,
 }
 
-/// Verification counters ([`crate::state::CheckCounts`]).
+/// Verification counters ([`crate::state::counts::CheckCounts`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ChecksV1 {
     /// Windows that matched.

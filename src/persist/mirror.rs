@@ -11,61 +11,17 @@ use std::sync::Arc;
 
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 
+use super::error::Invalid;
 use super::format::{
     encode_run, ChecksV1, CountsV1, EventsV1, HistogramV1, KindV1, ReplayV1, RunV1, StateV1, StrV1,
 };
-use crate::dedup::IdBuckets;
-use crate::event::StateKey;
-use crate::histogram::Histogram;
-use crate::labels::SeriesId;
-use crate::ledger::Ledger;
-use crate::state::{CheckCounts, Counts, DirtyRun, EventCounts, KindCounts, RunKey, RunRecord};
-use crate::timestamp::Micros;
-
-/// A copy of [`Counts`], taken under its lock.
-#[derive(Debug, Clone)]
-pub struct Aggregates {
-    kinds: [KindCounts; 2],
-    events: EventCounts,
-    series: Vec<crate::labels::LabelSet>,
-    series_other: Option<SeriesId>,
-    series_folded: u64,
-    baseline: Option<Micros>,
-    baseline_epoch: u64,
-    ledger: Option<Ledger>,
-    checks: CheckCounts,
-}
-
-impl Aggregates {
-    /// Copies the aggregates (no run records).
-    pub fn copy(counts: &Counts) -> Aggregates {
-        let (sets, other) = counts.series.sets();
-        Aggregates {
-            kinds: counts.kinds.clone(),
-            events: counts.events.clone(),
-            series: sets.to_vec(),
-            series_other: other,
-            series_folded: counts.series.folded(),
-            baseline: counts.baseline,
-            baseline_epoch: counts.baseline_epoch,
-            ledger: counts.ledger.clone(),
-            checks: counts.checks.clone(),
-        }
-    }
-}
-
-/// What changed since the last snapshot.
-#[derive(Debug)]
-pub struct Changes {
-    /// The aggregates now.
-    pub aggregates: Aggregates,
-    /// Runs changed (or dropped).
-    pub runs: Vec<DirtyRun>,
-    /// Ids the dedup window admitted, in order, with their `occurred`.
-    pub admitted: Vec<(u128, Micros)>,
-    /// With `run --replay`: how far the files have been applied.
-    pub replay: Option<ReplayV1>,
-}
+use crate::ingest::dedup::IdBuckets;
+use crate::ingest::Changes;
+use crate::model::event::{StateKey, StateType};
+use crate::model::time::Micros;
+use crate::state::counts::{Aggregates, KindCounts};
+use crate::state::histogram::Histogram;
+use crate::state::record::{RunKey, RunRecord};
 
 /// Strings stored once and referenced by index.
 #[derive(Debug, Default)]
@@ -132,7 +88,7 @@ impl Mirror {
         loaded: &mut StateV1,
         restored: super::restore::Restored,
         aggregates: Aggregates,
-    ) -> Result<Mirror, String> {
+    ) -> Result<Mirror, Invalid> {
         let mut mirror = Mirror::new(
             loaded.source.clone(),
             loaded.track_task_runs,
@@ -141,10 +97,13 @@ impl Mirror {
         );
         mirror.replay = loaded.replay.clone();
         for (ty, name) in &loaded.states {
-            let ty = crate::event::StateType::ALL
+            let ty = StateType::ALL
                 .get(usize::from(*ty))
                 .copied()
-                .ok_or_else(|| format!("unknown state type index {ty}"))?;
+                .ok_or(Invalid::Index {
+                    table: "state type",
+                    index: u64::from(*ty),
+                })?;
             let key = StateKey {
                 ty,
                 name: Arc::from(name.as_str()),
@@ -164,8 +123,8 @@ impl Mirror {
         Ok(mirror)
     }
 
-    /// Folds in what changed.
-    pub fn apply(&mut self, changes: Changes) {
+    /// Folds in what changed (and, in `run --replay`, how far the files have been read).
+    pub fn apply(&mut self, changes: Changes, replay: Option<ReplayV1>) {
         for (id, occurred) in changes.admitted {
             self.dedup.push(id, occurred, |_| {});
         }
@@ -182,8 +141,8 @@ impl Mirror {
             }
         }
         self.aggregates = Some(changes.aggregates);
-        if changes.replay.is_some() {
-            self.replay = changes.replay;
+        if replay.is_some() {
+            self.replay = replay;
         }
     }
 

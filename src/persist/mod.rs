@@ -10,9 +10,12 @@
 //! events after the last snapshot are fetched again from the resume point, and the restored
 //! dedup window drops the ones already counted.
 
-pub mod format;
-pub mod mirror;
-pub mod restore;
+pub(crate) mod error;
+pub(crate) mod format;
+pub(crate) mod mirror;
+pub(crate) mod restore;
+
+pub use error::{OpenCause, OpenError, Unusable};
 
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -22,20 +25,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::pipeline::Pipeline;
-use crate::state::{PersistStats, Shared};
-use crate::timestamp::{now_micros, Micros};
-use mirror::{Aggregates, Changes, Mirror};
-
-/// Why the state file cannot be used at start.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct OpenError {
-    /// The file.
-    pub path: PathBuf,
-    /// What is wrong, and what to do.
-    pub message: String,
-}
+use crate::ingest::dedup::IdBuckets;
+use crate::ingest::{Changes, Pipeline};
+use crate::model::time::{now_micros, Micros};
+use crate::state::Shared;
+use mirror::Mirror;
 
 /// What [`open`] found.
 #[derive(Debug, Clone, Default)]
@@ -59,9 +53,9 @@ pub fn open(
     pipeline: &mut Pipeline,
     source: &str,
 ) -> Result<(Snapshotter, Opened), OpenError> {
-    let fail = |message: String| OpenError {
+    let fail = |cause: OpenCause| OpenError {
         path: path.to_owned(),
-        message,
+        cause,
     };
     let (window, capacity) = pipeline.dedup_limits();
     let config = pipeline.tracker_mut().config().clone();
@@ -75,31 +69,28 @@ pub fn open(
     let loaded = match std::fs::read(path) {
         Ok(bytes) => Some(bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(fail(format!("cannot read the state file: {e}"))),
+        Err(e) => return Err(fail(OpenCause::Read(e))),
     };
     let mut opened = Opened::default();
     let mut mirror = None;
     if let Some(bytes) = loaded {
         let size = bytes.len();
         let result = format::read(&bytes)
-            .map_err(|e| e.to_string())
+            .map_err(Unusable::from)
             .and_then(|mut state| {
                 check_source(&state.source, source)?;
-                let restored = restore::restore(pipeline, &state)
-                    .map_err(|e| format!("state file does not fit: {e}"))?;
-                let aggregates = Aggregates::copy(&pipeline.shared().counts.lock());
+                let restored = restore::restore(pipeline, &state)?;
+                let aggregates = pipeline.tracker_mut().aggregates();
                 opened.replay = state.replay.clone();
-                Mirror::from_loaded(&mut state, restored, aggregates)
+                Ok(Mirror::from_loaded(&mut state, restored, aggregates)?)
             });
         drop(bytes);
         match result {
             Ok(restored) => {
                 opened.runs = restored.run_count();
                 let shared = pipeline.shared();
-                let counts = shared.counts.lock();
-                opened.resume = counts.events.last_occurred;
-                opened.baseline = counts.baseline;
-                drop(counts);
+                opened.resume = shared.last_occurred();
+                opened.baseline = shared.with_counts(|counts| counts.baseline);
                 info!(
                     path = %path.display(),
                     bytes = size,
@@ -109,18 +100,14 @@ pub fn open(
                 );
                 mirror = Some(restored);
             }
-            Err(message) if discard_bad => {
+            Err(unusable) if discard_bad => {
                 let aside = path.with_extension("discarded");
                 let _ = std::fs::rename(path, &aside);
-                warn!(path = %path.display(), moved_to = %aside.display(), error = %message, "Discarding the unusable state file (--discard-bad-state); starting fresh.");
+                warn!(path = %path.display(), moved_to = %aside.display(), error = %unusable, "Discarding the unusable state file (--discard-bad-state); starting fresh.");
                 pipeline.reset();
                 opened = Opened::default();
             }
-            Err(message) => {
-                return Err(fail(format!(
-                    "{message}; fix or remove it, or start with --discard-bad-state"
-                )))
-            }
+            Err(unusable) => return Err(fail(OpenCause::Unusable(unusable))),
         }
     }
     let mirror = match mirror {
@@ -129,13 +116,13 @@ pub fn open(
             source.to_owned(),
             config.track_task_runs,
             group_by,
-            crate::dedup::IdBuckets::new(window, capacity),
+            IdBuckets::new(window, capacity),
         ),
     };
     pipeline.journal();
-    check_writable(path).map_err(|e| fail(format!("cannot write beside the state file: {e}")))?;
+    check_writable(path).map_err(|e| fail(OpenCause::Unwritable(e)))?;
     let shared = pipeline.shared();
-    *shared.persist.lock() = Some(PersistStats::default());
+    shared.enable_persist_stats();
     Ok((
         Snapshotter::start(path.to_owned(), mirror, shared, lock),
         opened,
@@ -144,12 +131,13 @@ pub fn open(
 
 /// Refuses a file written in the other mode (replay files vs a server); a server at another
 /// URL is only a warning (a renamed host is common; reconciliation corrects the totals).
-fn check_source(saved: &str, now: &str) -> Result<(), String> {
+fn check_source(saved: &str, now: &str) -> Result<(), Unusable> {
     let replay = |s: &str| s == REPLAY_SOURCE;
     if replay(saved) != replay(now) {
-        return Err(format!(
-            "it was written reading from {saved:?}, not {now:?}"
-        ));
+        return Err(Unusable::OtherSource {
+            saved: saved.to_owned(),
+            now: now.to_owned(),
+        });
     }
     if saved != now {
         warn!(
@@ -165,23 +153,24 @@ pub const REPLAY_SOURCE: &str = "replay";
 
 /// Takes an exclusive lock on `PATH.lock`, held while the process runs, so two exporters
 /// never write one state file.
-fn lock(path: &Path) -> Result<File, String> {
+fn lock(path: &Path) -> Result<File, OpenCause> {
     let lock_path = sibling(path, ".lock");
+    let failed = |source| OpenCause::Lock {
+        lock: lock_path.clone(),
+        source,
+    };
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        .map_err(failed)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
-            "another process holds {}; one state file serves one exporter",
-            lock_path.display()
-        )),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(format!("cannot lock {}: {e}", lock_path.display()))
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenCause::Locked {
+            lock: lock_path.clone(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
     }
 }
 
@@ -204,9 +193,12 @@ fn temp_path(path: &Path) -> PathBuf {
     sibling(path, &format!(".{}.tmp", std::process::id()))
 }
 
+/// Changes for the writer, with how far `run --replay` had read.
+type Snapshot = (Changes, Option<format::ReplayV1>);
+
 enum Job {
-    Changes(Changes),
-    Flush(Changes, tokio::sync::oneshot::Sender<io::Result<u64>>),
+    Changes(Snapshot),
+    Flush(Snapshot, tokio::sync::oneshot::Sender<io::Result<u64>>),
 }
 
 /// The writer thread's handle.
@@ -243,29 +235,26 @@ impl Snapshotter {
     fn changes(&self, pipeline: &mut Pipeline) -> Changes {
         let started = Instant::now();
         let changes = pipeline.take_changes();
-        if let Some(stats) = self.shared.persist.lock().as_mut() {
-            stats.pause_seconds = started.elapsed().as_secs_f64();
-        }
+        let pause = started.elapsed().as_secs_f64();
+        self.shared
+            .update_persist_stats(|stats| stats.pause_seconds = pause);
         changes
     }
 
     /// Hands over changes for the next write (never blocks on the write).
     pub fn snapshot(&self, pipeline: &mut Pipeline) {
-        self.send(Job::Changes(self.changes(pipeline)));
+        self.send(Job::Changes((self.changes(pipeline), None)));
     }
 
     /// [`Snapshotter::snapshot`] in `run --replay`, with how far the files have been read.
     pub fn snapshot_replay(&self, pipeline: &mut Pipeline, position: format::ReplayV1) {
-        let mut changes = self.changes(pipeline);
-        changes.replay = Some(position);
-        self.send(Job::Changes(changes));
+        self.send(Job::Changes((self.changes(pipeline), Some(position))));
     }
 
     fn send(&self, job: Job) {
         if self.jobs.send(job).is_err() {
-            if let Some(stats) = self.shared.persist.lock().as_mut() {
-                stats.writes_failed += 1;
-            }
+            self.shared
+                .update_persist_stats(|stats| stats.writes_failed += 1);
             tracing::error!(
                 "The state-file writer has stopped; the state file is no longer updated."
             );
@@ -280,10 +269,9 @@ impl Snapshotter {
         replay: Option<format::ReplayV1>,
     ) -> io::Result<u64> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        let mut changes = self.changes(pipeline);
-        changes.replay = replay;
+        let changes = self.changes(pipeline);
         self.jobs
-            .send(Job::Flush(changes, done))
+            .send(Job::Flush((changes, replay), done))
             .map_err(|_| io::Error::other("the state-file writer stopped"))?;
         wait.await
             .unwrap_or_else(|_| Err(io::Error::other("the state-file writer stopped")))
@@ -298,9 +286,9 @@ fn writer(path: PathBuf, mut mirror: Mirror, jobs: mpsc::Receiver<Job>, shared: 
         let mut next = Some(job);
         while let Some(job) = next.take() {
             match job {
-                Job::Changes(changes) => mirror.apply(changes),
-                Job::Flush(changes, done) => {
-                    mirror.apply(changes);
+                Job::Changes((changes, replay)) => mirror.apply(changes, replay),
+                Job::Flush((changes, replay), done) => {
+                    mirror.apply(changes, replay);
                     waiting.push(done);
                 }
             }
@@ -308,8 +296,9 @@ fn writer(path: PathBuf, mut mirror: Mirror, jobs: mpsc::Receiver<Job>, shared: 
         }
         let started = Instant::now();
         let result = write_atomically(&path, &mut mirror);
-        if let Some(stats) = shared.persist.lock().as_mut() {
-            stats.write_seconds = started.elapsed().as_secs_f64();
+        let seconds = started.elapsed().as_secs_f64();
+        shared.update_persist_stats(|stats| {
+            stats.write_seconds = seconds;
             match &result {
                 Ok(bytes) => {
                     stats.writes_ok += 1;
@@ -317,7 +306,7 @@ fn writer(path: PathBuf, mut mirror: Mirror, jobs: mpsc::Receiver<Job>, shared: 
                 }
                 Err(_) => stats.writes_failed += 1,
             }
-        }
+        });
         match &result {
             Ok(bytes) => {
                 last_error.clear();
@@ -389,10 +378,17 @@ pub fn interval(every: Duration) -> tokio::time::Interval {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::StateType::{Completed, Pending, Running, Scheduled};
-    use crate::report::{CountsReport, ResourceView};
-    use crate::status::Status;
-    use crate::test_support::{frame, pipeline};
+    use crate::expose::collect::Metrics;
+    use crate::expose::exposition::Format;
+    use crate::expose::report::CountsReport;
+    use crate::expose::resources::ResourceView;
+    use crate::ingest::test_support::{frame, pipeline};
+    use crate::model::event::RunKind;
+    use crate::model::event::StateType::{Completed, Pending, Running, Scheduled};
+    use crate::model::known_run::KnownRun;
+    use crate::model::time::{Clock, SECOND};
+    use crate::state::status::Status;
+    use crate::state::test_support::{at, key};
 
     fn counts_json(p: &Pipeline) -> serde_json::Value {
         let mut report = serde_json::to_value(CountsReport::build(
@@ -405,9 +401,9 @@ mod tests {
     }
 
     fn metrics_text(p: &Pipeline) -> String {
-        let clock: crate::metrics::Clock = std::sync::Arc::new(|| 0);
-        crate::metrics::Metrics::new(p.shared(), std::sync::Arc::new(Status::new()), clock)
-            .render(crate::exposition::Format::Prometheus)
+        let clock: Clock = std::sync::Arc::new(|| 0);
+        Metrics::new(p.shared(), std::sync::Arc::new(Status::new()), clock)
+            .render(Format::Prometheus)
     }
 
     fn run_json(p: &Pipeline, run: u32) -> serde_json::Value {
@@ -428,20 +424,11 @@ mod tests {
         let mut live = pipeline();
         live.journal();
         // A REST baseline at second 5, and a run known only from REST, as live mode has.
-        {
-            let shared = live.shared();
-            let mut counts = shared.counts.lock();
-            counts.rebase(
-                crate::event::RunKind::FlowRun,
-                [(crate::test_support::key(Running), 7)]
-                    .into_iter()
-                    .collect(),
-            );
-            counts.set_baseline(
-                crate::timestamp::parse_rfc3339(&crate::test_support::ts(5)).unwrap(),
-            );
-        }
-        let seeded = crate::prefect_api::RunSummary {
+        let totals = [(key(Running), 7)].into_iter().collect();
+        live.shared()
+            .reconcile(vec![(RunKind::FlowRun, totals)], at(5), None)
+            .unwrap();
+        let seeded = KnownRun {
             id: "00000000-0000-4000-8000-000000000099".into(),
             name: Some("seeded".into()),
             state_type: Running,
@@ -450,18 +437,18 @@ mod tests {
             work_queue: Some("default".into()),
             work_pool: Some("pool".into()),
         };
-        live.seed_run(crate::event::RunKind::FlowRun, &seeded, 0);
+        live.seed_run(RunKind::FlowRun, &seeded, 0);
         let mut mirror = Mirror::new(
             "replay".into(),
             false,
             vec![],
-            crate::dedup::IdBuckets::new(1800 * crate::timestamp::SECOND, 1000),
+            IdBuckets::new(1800 * SECOND, 1000),
         );
         // Two snapshots, so the mirror folds changes in more than once.
         live.ingest_batch(&frames[..3]);
-        mirror.apply(live.take_changes());
+        mirror.apply(live.take_changes(), None);
         live.ingest_batch(&frames[3..]);
-        mirror.apply(live.take_changes());
+        mirror.apply(live.take_changes(), None);
         let mut bytes = Vec::new();
         mirror.write(0, &mut bytes).unwrap();
 
@@ -484,7 +471,7 @@ mod tests {
         assert_eq!(after["events"]["duplicates"], 6);
 
         // A mirror seeded from the file writes the same file again.
-        let aggregates = Aggregates::copy(&restored.shared().counts.lock());
+        let aggregates = restored.tracker_mut().aggregates();
         let mut again = Mirror::from_loaded(&mut loaded, parts, aggregates).unwrap();
         assert_eq!(again.run_count(), 3);
         let mut second = Vec::new();

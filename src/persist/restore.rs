@@ -6,18 +6,22 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use super::error::{Invalid, Unusable};
 use super::format::{HistogramV1, KindV1, RunV1, StateV1, StrV1};
-use crate::dedup::{Dedup, IdBuckets};
-use crate::event::{EventId, RunKind, StateKey, StateType};
-use crate::histogram::Histogram;
-use crate::labels::{SeriesId, SeriesTable};
-use crate::ledger::Ledger;
-use crate::pipeline::Pipeline;
-use crate::state::{
-    BaseAnchor, CheckCounts, Counts, EventCounts, KindCounts, RecentTransition, RunKey, RunLabels,
-    RunRecord, TransitionCount, DELAY_BUCKETS, DURATION_BUCKETS,
+use crate::ingest::dedup::{Dedup, IdBuckets};
+use crate::ingest::Pipeline;
+use crate::model::event::{EventId, RunKind, StateKey, StateType};
+use crate::model::reject::RejectReason;
+use crate::model::time::Micros;
+use crate::state::counts::{
+    CheckCounts, Counts, EventCounts, KindCounts, DELAY_BUCKETS, DURATION_BUCKETS,
 };
-use crate::timestamp::Micros;
+use crate::state::histogram::Histogram;
+use crate::state::labels::{Interner, SeriesId, SeriesTable};
+use crate::state::ledger::{Ledger, Names};
+use crate::state::record::{
+    BaseAnchor, RecentTransition, RunKey, RunLabels, RunRecord, TransitionCount,
+};
 
 /// Resolves the file's table indexes.
 struct Tables {
@@ -27,32 +31,38 @@ struct Tables {
 }
 
 impl Tables {
-    fn state(&self, i: u32) -> Result<StateKey, String> {
-        self.states
-            .get(i as usize)
-            .cloned()
-            .ok_or_else(|| format!("state index {i} out of range"))
+    fn state(&self, i: u32) -> Result<StateKey, Invalid> {
+        self.states.get(i as usize).cloned().ok_or(Invalid::Index {
+            table: "state",
+            index: u64::from(i),
+        })
     }
 
-    fn maybe_state(&self, i: Option<u32>) -> Result<Option<StateKey>, String> {
+    fn maybe_state(&self, i: Option<u32>) -> Result<Option<StateKey>, Invalid> {
         i.map(|i| self.state(i)).transpose()
     }
 
-    fn series(&self, i: u32) -> Result<SeriesId, String> {
+    fn series(&self, i: u32) -> Result<SeriesId, Invalid> {
         if (i as usize) < self.series.max(1) {
             Ok(SeriesId(i))
         } else {
-            Err(format!("label set index {i} out of range"))
+            Err(Invalid::Index {
+                table: "label set",
+                index: u64::from(i),
+            })
         }
     }
 
-    fn string(&self, s: &StrV1, share: &mut crate::labels::Interner) -> Result<Arc<str>, String> {
+    fn string(&self, s: &StrV1, share: &mut Interner) -> Result<Arc<str>, Invalid> {
         match s {
             StrV1::Table(i) => self
                 .strings
                 .get(*i as usize)
                 .cloned()
-                .ok_or_else(|| format!("string index {i} out of range")),
+                .ok_or(Invalid::Index {
+                    table: "string",
+                    index: u64::from(*i),
+                }),
             StrV1::Inline(text) => Ok(share.share(text)),
         }
     }
@@ -68,27 +78,21 @@ pub struct Restored {
 
 /// Installs the state of `loaded` into a fresh `pipeline`. The file's settings must match
 /// the pipeline's.
-pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, String> {
+pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, Unusable> {
     let (window, capacity) = pipeline.dedup_limits();
     let tracker = pipeline.tracker_mut();
     let config = tracker.config().clone();
     if loaded.track_task_runs != config.track_task_runs {
-        return Err(format!(
-            "it was written {} --task-runs; start with the same setting or discard it",
-            if loaded.track_task_runs {
-                "with"
-            } else {
-                "without"
-            }
-        ));
+        return Err(Unusable::TaskRuns {
+            saved: loaded.track_task_runs,
+        });
     }
     let group_by: Vec<&str> = config.group_by.iter().map(|g| g.label()).collect();
     if loaded.group_by != group_by {
-        return Err(format!(
-            "it was written with --group-by {:?}, not {:?}; start with the same setting or discard it",
-            loaded.group_by.join(","),
-            group_by.join(",")
-        ));
+        return Err(Unusable::GroupBy {
+            saved: loaded.group_by.join(","),
+            now: group_by.join(","),
+        });
     }
 
     let (names, strings) = tracker.interners();
@@ -97,7 +101,10 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
         let ty = StateType::ALL
             .get(usize::from(*ty))
             .copied()
-            .ok_or_else(|| format!("unknown state type index {ty}"))?;
+            .ok_or(Invalid::Index {
+                table: "state type",
+                index: u64::from(*ty),
+            })?;
         states.push(names.restore_key(ty, name));
     }
     let tables = Tables {
@@ -111,7 +118,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
     for (index, encoded) in loaded.runs.iter().enumerate() {
         let kind = RunKind::ALL[index];
         for bytes in encoded {
-            let run = super::format::decode_run(&bytes.0).map_err(|e| e.to_string())?;
+            let run = super::format::decode_run(&bytes.0)?;
             let (key, record) = record(&tables, strings, run)?;
             keys[index].push(key);
             runs.push((kind, key, record));
@@ -126,11 +133,11 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
         c.series_other,
         c.series_folded,
     )
-    .ok_or("label sets do not match --group-by")?;
+    .ok_or(Invalid::Shape("label sets do not match --group-by"))?;
     let mut buckets = BTreeMap::new();
     for (second, ids) in &loaded.dedup_buckets {
         if ids.0.len() % 16 != 0 {
-            return Err("dedup bucket is not a whole number of ids".to_owned());
+            return Err(Invalid::Shape("dedup bucket is not a whole number of ids").into());
         }
         let ids: Vec<u128> = ids
             .0
@@ -148,7 +155,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
     );
 
     let e = &c.events;
-    let mut rejected = [0u64; crate::decode::RejectReason::ALL.len()];
+    let mut rejected = [0u64; RejectReason::ALL.len()];
     for (slot, value) in rejected.iter_mut().zip(&e.rejected) {
         *slot = *value;
     }
@@ -178,12 +185,14 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, St
             let seconds = seconds
                 .iter()
                 .map(|(s, names)| {
-                    let names: crate::ledger::Names =
-                        names.iter().map(|(n, c)| (n.as_str().into(), *c)).collect();
+                    let names: Names = names.iter().map(|(n, c)| (n.as_str().into(), *c)).collect();
                     (*s, names)
                 })
                 .collect();
-            Ledger::from_seconds(crate::live::prefixes(config.track_task_runs), seconds)
+            Ledger::from_seconds(
+                RunKind::subscribed_prefixes(config.track_task_runs),
+                seconds,
+            )
         }),
         checks: CheckCounts {
             windows_match: c.checks.windows_match,
@@ -214,12 +223,12 @@ fn array<T: Copy + Default, const N: usize>(values: &[T]) -> [T; N] {
     out
 }
 
-fn histogram(bounds: &'static [f64], h: &HistogramV1) -> Result<Histogram, String> {
+fn histogram(bounds: &'static [f64], h: &HistogramV1) -> Result<Histogram, Invalid> {
     Histogram::from_parts(bounds, h.buckets.clone(), h.sum, h.count)
-        .ok_or_else(|| "histogram buckets do not match".to_owned())
+        .ok_or(Invalid::Shape("histogram buckets do not match"))
 }
 
-fn kind(t: &Tables, k: &KindV1) -> Result<KindCounts, String> {
+fn kind(t: &Tables, k: &KindV1) -> Result<KindCounts, Invalid> {
     let mut out = KindCounts::default();
     for &(s, n) in &k.current {
         *out.current.entry(t.state(s)?).or_default() += n;
@@ -230,7 +239,7 @@ fn kind(t: &Tables, k: &KindV1) -> Result<KindCounts, String> {
             .or_default() += n;
     }
     if k.transitions.len() != 90 {
-        return Err("transition table has the wrong size".to_owned());
+        return Err(Invalid::Shape("transition table has the wrong size"));
     }
     for (i, row) in out.transitions.iter_mut().enumerate() {
         row.copy_from_slice(&k.transitions[i * 9..i * 9 + 9]);
@@ -255,30 +264,26 @@ const TIME_RANGE: std::ops::RangeInclusive<Micros> =
     -62_135_596_800_000_000..=253_402_300_799_999_999;
 
 /// Checks a saved time.
-fn time(at: Micros) -> Result<Micros, String> {
+fn time(at: Micros) -> Result<Micros, Invalid> {
     if TIME_RANGE.contains(&at) {
         Ok(at)
     } else {
-        Err(format!("time {at} is out of range"))
+        Err(Invalid::Time(at))
     }
 }
 
-fn maybe_time(at: Option<Micros>) -> Result<Option<Micros>, String> {
+fn maybe_time(at: Option<Micros>) -> Result<Option<Micros>, Invalid> {
     at.map(time).transpose()
 }
 
 /// `at + offset`, checked.
-fn shifted(at: Micros, offset: i64) -> Result<Micros, String> {
+fn shifted(at: Micros, offset: i64) -> Result<Micros, Invalid> {
     at.checked_add(offset)
-        .ok_or_else(|| "time offset overflows".to_owned())
+        .ok_or(Invalid::Overflow)
         .and_then(time)
 }
 
-fn record(
-    t: &Tables,
-    strings: &mut crate::labels::Interner,
-    r: RunV1,
-) -> Result<(RunKey, RunRecord), String> {
+fn record(t: &Tables, strings: &mut Interner, r: RunV1) -> Result<(RunKey, RunRecord), Invalid> {
     let at = time(r.state_at)?;
     let [flow, deployment, work_pool, work_queue] = &r.labels;
     let mut label = |s: &Option<StrV1>| s.as_ref().map(|s| t.string(s, strings)).transpose();
@@ -310,7 +315,7 @@ fn record(
                 count,
             })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, Invalid>>()?;
     let recent = r
         .recent
         .iter()
@@ -322,7 +327,7 @@ fn record(
                 event: EventId(u128::from_le_bytes(event)),
             })
         })
-        .collect::<Result<VecDeque<_>, String>>()?;
+        .collect::<Result<VecDeque<_>, Invalid>>()?;
     let (epoch, base_offset, before, base_state) = r.base;
     let record = RunRecord {
         odd_id: r.odd_id.map(Into::into),

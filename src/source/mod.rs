@@ -1,6 +1,62 @@
 //! Where raw frames come from. Every source yields frames as bytes and never decodes them;
-//! the pipeline does the rest. Today: recorded JSONL files ([`replay`]). The websocket and a
-//! Redis Streams reader are further files beside it, feeding the same pipeline.
+//! the pipeline does the rest: recorded JSONL files ([`replay`]) and Prefect's events
+//! websocket ([`ws`]). A live source reports its condition through a [`StreamObserver`] and
+//! its failures as [`StreamError`]s, whatever it reads from.
 
-pub mod replay;
-pub mod ws;
+pub(crate) mod replay;
+pub(crate) mod ws;
+
+use thiserror::Error;
+
+use crate::model::time::Micros;
+
+/// Why a subscription failed or ended.
+#[derive(Debug, Error)]
+pub enum StreamError {
+    /// The server refused the credentials.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// Could not connect or upgrade.
+    #[error("connect failed: {0}")]
+    Connect(String),
+    /// The server closed the stream.
+    #[error("closed by server (code {code}{}{reason})", if reason.is_empty() { "" } else { ": " })]
+    Closed {
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// The connection broke without a close frame.
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// The server said something the protocol does not allow.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl StreamError {
+    /// The `reason` label of `prefect_exporter_stream_reconnects_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            StreamError::Auth(_) => "auth",
+            StreamError::Connect(_) => "connect",
+            StreamError::Closed { code: 1012, .. } => "server_restart",
+            StreamError::Closed { .. } => "closed",
+            StreamError::Lost(_) => "lost",
+            StreamError::Protocol(_) => "protocol",
+        }
+    }
+}
+
+/// What the subscription loop reports and reads.
+pub trait StreamObserver: Send + Sync {
+    /// The resume point: newest `occurred` applied, if any.
+    fn newest_applied(&self) -> Option<Micros>;
+    /// The stream is subscribed.
+    fn connected(&self);
+    /// The stream ended or could not start, and will be retried.
+    fn disconnected(&self, error: &StreamError, was_connected: bool);
+    /// A reconnect resumes from further back than the server can replay.
+    fn backfill_gap(&self, gap: Micros);
+}

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 
-use crate::decode::MAX_FRAME_BYTES;
+use crate::model::event::MAX_FRAME_BYTES;
 
 /// One line of a replay file.
 #[derive(Debug, PartialEq, Eq)]

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use serde_json::json;
-use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -29,9 +28,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::decode::MAX_FRAME_BYTES;
-use crate::secret::Credentials;
-use crate::timestamp::{format_rfc3339, now_micros, Micros, SECOND};
+use crate::model::event::MAX_FRAME_BYTES;
+use crate::model::secret::Credentials;
+use crate::model::time::{format_rfc3339, now_micros, Micros, SECOND};
+use crate::model::Error;
+use crate::source::{StreamError, StreamObserver};
 
 /// How far before the resume point a reconnect asks the server to replay.
 pub const RESUME_OVERLAP: Micros = 60 * SECOND;
@@ -50,45 +51,6 @@ const AUTH_RETRY: Duration = Duration::from_secs(60);
 /// A connected, subscribed stream.
 pub type EventSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Why a subscription failed or ended.
-#[derive(Debug, Error)]
-pub enum StreamError {
-    /// The server refused the credentials.
-    #[error("authentication failed: {0}")]
-    Auth(String),
-    /// Could not connect or upgrade.
-    #[error("connect failed: {0}")]
-    Connect(String),
-    /// The server closed the stream.
-    #[error("closed by server (code {code}{}{reason})", if reason.is_empty() { "" } else { ": " })]
-    Closed {
-        /// The close code.
-        code: u16,
-        /// The close reason.
-        reason: String,
-    },
-    /// The connection broke without a close frame.
-    #[error("connection lost: {0}")]
-    Lost(String),
-    /// The server said something the protocol does not allow.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-}
-
-impl StreamError {
-    /// The `reason` label of `prefect_exporter_stream_reconnects_total`.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            StreamError::Auth(_) => "auth",
-            StreamError::Connect(_) => "connect",
-            StreamError::Closed { code: 1012, .. } => "server_restart",
-            StreamError::Closed { .. } => "closed",
-            StreamError::Lost(_) => "lost",
-            StreamError::Protocol(_) => "protocol",
-        }
-    }
-}
-
 /// Where and how to subscribe.
 #[derive(Clone, Debug)]
 pub struct WsConfig {
@@ -100,15 +62,19 @@ pub struct WsConfig {
     pub prefixes: Vec<&'static str>,
 }
 
-/// `ws(s)://…/events/out` for an API URL, or a message saying what is wrong with it.
-pub fn events_url(api_url: &str) -> Result<String, String> {
+/// `ws(s)://…/events/out` for an API URL, or what is wrong with it.
+pub fn events_url(api_url: &str) -> Result<String, Error> {
+    let bad = |reason| Error::Url {
+        url: api_url.to_owned(),
+        reason,
+    };
     let trimmed = api_url.trim_end_matches('/');
     let rest = if let Some(rest) = trimmed.strip_prefix("https://") {
         format!("wss://{rest}")
     } else if let Some(rest) = trimmed.strip_prefix("http://") {
         format!("ws://{rest}")
     } else {
-        return Err(format!("'{api_url}' is not an http:// or https:// URL"));
+        return Err(bad("is not an http:// or https:// URL"));
     };
     let host = rest
         .split("://")
@@ -118,7 +84,7 @@ pub fn events_url(api_url: &str) -> Result<String, String> {
         .next()
         .unwrap_or("");
     if host.is_empty() {
-        return Err(format!("'{api_url}' has no host"));
+        return Err(bad("has no host"));
     }
     Ok(format!("{rest}/events/out"))
 }
@@ -139,7 +105,7 @@ async fn handshake(
     since: Micros,
     until: Micros,
 ) -> Result<EventSocket, StreamError> {
-    let url = events_url(&config.api_url).map_err(StreamError::Connect)?;
+    let url = events_url(&config.api_url).map_err(|e| StreamError::Connect(e.to_string()))?;
     let mut request = url
         .as_str()
         .into_client_request()
@@ -242,18 +208,6 @@ fn close_error(
 
 fn truncate(text: &str) -> String {
     text.chars().take(120).collect()
-}
-
-/// What the subscription loop reports and reads.
-pub trait StreamObserver: Send + Sync {
-    /// The resume point: newest `occurred` applied, if any.
-    fn newest_applied(&self) -> Option<Micros>;
-    /// The stream is subscribed.
-    fn connected(&self);
-    /// The stream ended or could not start, and will be retried.
-    fn disconnected(&self, error: &StreamError, was_connected: bool);
-    /// A reconnect resumes from further back than the server can replay.
-    fn backfill_gap(&self, gap: Micros);
 }
 
 /// Reads one subscribed socket, forwarding text frames to `frames`, until it ends or

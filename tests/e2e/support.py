@@ -506,7 +506,11 @@ class Exporter:
         auth_string: Optional[str] = None,
         extra_args: Iterable[str] = (),
         name: str = "exporter",
+        source_args: Optional[Iterable[str]] = None,
     ) -> None:
+        """`source_args` replaces the live-mode source flags (`--prefect-api-url` of `server`
+        with 5 s reconcile and verify intervals), e.g. `["--replay", FILE]`; `server` is then
+        not used and may be None."""
         self.name = name
         self.server = server
         self.lines: list[tuple[float, str]] = []  # (monotonic time, stderr line)
@@ -514,13 +518,17 @@ class Exporter:
         self._lock = threading.Lock()
         self.port: Optional[int] = None
         self.started = time.monotonic()
+        if source_args is None:
+            source_args = [
+                "--prefect-api-url", server.api_url,
+                "--reconcile-interval", "5s",
+                "--verify-interval", "5s",
+            ]
         args = [
             exporter_bin(), "run",
-            "--prefect-api-url", server.api_url,
+            *source_args,
             "--listen", f"{HOST}:0",
             "--log-format", "json",
-            "--reconcile-interval", "5s",
-            "--verify-interval", "5s",
         ]
         if task_runs:
             args.append("--task-runs")

@@ -5,6 +5,7 @@ mod flags;
 mod flood;
 mod http_api;
 mod http_hardening;
+mod layers;
 mod properties;
 mod replay_files;
 mod serve_replay;

@@ -9,11 +9,11 @@
 
 use std::sync::{Arc, OnceLock};
 
-use prefect_events_exporter::decode::{decode, Decoded};
-use prefect_events_exporter::pipeline::{Outcome, Pipeline, PipelineConfig};
-use prefect_events_exporter::query::{parse_query, percent_decode, ResourceQuery};
-use prefect_events_exporter::report::{ResourceList, ResourceView};
+use prefect_events_exporter::expose::resources::{ResourceList, ResourceView};
+use prefect_events_exporter::ingest::decode::{decode, Decoded};
+use prefect_events_exporter::ingest::{Outcome, Pipeline, PipelineConfig};
 use prefect_events_exporter::state::{Shared, StateConfig};
+use prefect_events_exporter::web::query::{parse_query, percent_decode, resource_query};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
@@ -114,12 +114,11 @@ fn mutation() -> impl Strategy<Value = Mutation> {
 fn ingest_and_account(frames: &[Vec<u8>]) {
     let mut p = pipeline();
     let mut outcomes = Vec::with_capacity(frames.len());
-    {
-        let mut batch = p.batch();
-        for frame in frames {
-            outcomes.push(batch.ingest(frame));
-        }
+    let mut batch = p.batch();
+    for frame in frames {
+        outcomes.push(batch.ingest(frame));
     }
+    batch.finish();
     let events = outcomes
         .iter()
         .filter(|o| matches!(o, Outcome::Applied | Outcome::Other | Outcome::Duplicate))
@@ -128,10 +127,10 @@ fn ingest_and_account(frames: &[Vec<u8>]) {
         .iter()
         .filter(|o| matches!(o, Outcome::Rejected(_)))
         .count() as u64;
-    let shared = p.shared();
-    let counts = shared.counts.lock();
-    assert_eq!(counts.events.state + counts.events.other, events);
-    assert_eq!(counts.events.rejected_total(), rejected);
+    p.shared().with_counts(|counts| {
+        assert_eq!(counts.events.state + counts.events.other, events);
+        assert_eq!(counts.events.rejected_total(), rejected);
+    });
 }
 
 proptest! {
@@ -167,7 +166,7 @@ proptest! {
     fn arbitrary_query_strings_are_answered_or_refused(query in ".{0,200}") {
         let _ = percent_decode(&query);
         if let Ok(params) = parse_query(&query) {
-            if let Ok(parsed) = ResourceQuery::from_params(&params) {
+            if let Ok(parsed) = resource_query(&params) {
                 let list = ResourceList::build(loaded(), &parsed, 1_800_000_000_000_000);
                 prop_assert!(serde_json::to_string(&list).is_ok());
             }
@@ -198,12 +197,12 @@ proptest! {
             prop_assert_eq!(*k, pk.as_str());
             prop_assert_eq!(v, pv);
         }
-        match ResourceQuery::from_params(&params) {
+        match resource_query(&params) {
             Ok(parsed) => {
                 let list = ResourceList::build(loaded(), &parsed, 1_800_000_000_000_000);
                 prop_assert!(serde_json::to_string(&list).is_ok());
             }
-            Err(message) => prop_assert!(!message.is_empty()),
+            Err(message) => prop_assert!(!message.to_string().is_empty()),
         }
     }
 }

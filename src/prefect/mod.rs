@@ -1,0 +1,7 @@
+//! Prefect's REST API and what the exporter does with it: the baseline and its periodic
+//! reconciliation ([`reconcile`]), and verification of closed windows of events against the
+//! server's stored events, with repair ([`verify`]).
+
+pub(crate) mod api;
+pub(crate) mod reconcile;
+pub(crate) mod verify;

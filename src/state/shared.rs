@@ -1,0 +1,214 @@
+//! [`Shared`]: the state every reader sees, behind a wall.
+//!
+//! Its fields are private. Readers copy what they need through named methods (or a
+//! read-only closure over the aggregates) and read run records one at a time, so a read never
+//! holds a lock for longer than one copy. The [`super::Tracker`] is the only writer of runs and
+//! of everything events change; the few other writers (reconciliation, verification, the
+//! stream's observer, the state file) change only their own counters, each through one method
+//! named for what it does.
+
+use std::collections::{BTreeSet, HashMap};
+
+use dashmap::DashMap;
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::model::event::{RunKind, StateKey, StateType};
+use crate::model::time::Micros;
+use crate::state::counts::{Counts, PersistStats, Verdict};
+use crate::state::record::{RunKey, RunRecord};
+
+/// The runs of one kind, keyed by [`RunKey`].
+#[derive(Debug, Default)]
+pub(super) struct RunTable {
+    pub(super) runs: DashMap<RunKey, RunRecord, foldhash::fast::RandomState>,
+}
+
+/// State shared between the pipeline and its readers.
+#[derive(Debug)]
+pub struct Shared {
+    tables: [RunTable; 2],
+    counts: Mutex<Counts>,
+    track_task_runs: bool,
+    persist: Mutex<Option<PersistStats>>,
+}
+
+/// What a reconciliation changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Server count minus exporter count, by state type index.
+    pub drift: [i64; 9],
+    /// Reconciliations applied so far, this one included.
+    pub reconciliations: u64,
+}
+
+impl Shared {
+    pub(super) fn new(counts: Counts, track_task_runs: bool) -> Shared {
+        Shared {
+            tables: Default::default(),
+            counts: Mutex::new(counts),
+            track_task_runs,
+            persist: Mutex::new(None),
+        }
+    }
+
+    /// The aggregates, for the tracker's writes.
+    pub(super) fn lock_counts(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock()
+    }
+
+    /// The run table of `kind`, for the tracker's writes.
+    pub(super) fn table(&self, kind: RunKind) -> &RunTable {
+        &self.tables[kind.index()]
+    }
+
+    /// The kinds being tracked.
+    pub fn kinds(&self) -> impl Iterator<Item = RunKind> + '_ {
+        RunKind::ALL.into_iter().filter(|&k| self.tracks(k))
+    }
+
+    /// Whether runs of `kind` are tracked.
+    pub fn tracks(&self, kind: RunKind) -> bool {
+        kind == RunKind::FlowRun || self.track_task_runs
+    }
+
+    /// Runs `read` over the aggregates under their lock: copy what is needed and return it.
+    pub fn with_counts<R>(&self, read: impl FnOnce(&Counts) -> R) -> R {
+        read(&self.counts.lock())
+    }
+
+    /// Runs `read` over the record of run `key` of `kind`, if it is tracked.
+    pub fn find_run<R>(
+        &self,
+        kind: RunKind,
+        key: RunKey,
+        read: impl FnOnce(&RunRecord) -> R,
+    ) -> Option<R> {
+        self.table(kind).runs.get(&key).map(|r| read(&r))
+    }
+
+    /// Calls `visit` for every tracked run of `kind` (shard by shard; order unspecified).
+    pub fn for_each_run(&self, kind: RunKind, mut visit: impl FnMut(RunKey, &RunRecord)) {
+        for entry in self.table(kind).runs.iter() {
+            visit(*entry.key(), entry.value());
+        }
+    }
+
+    /// Runs of `kind` held in memory.
+    pub fn run_count(&self, kind: RunKind) -> usize {
+        self.table(kind).runs.len()
+    }
+
+    /// The newest `occurred` applied: the stream's resume point.
+    pub fn last_occurred(&self) -> Option<Micros> {
+        self.counts.lock().events.last_occurred
+    }
+
+    /// State events decoded so far and the wall-clock time of the last one: two equal
+    /// markers around a query mean no state event arrived in between.
+    pub fn state_event_marker(&self) -> (u64, Option<Micros>) {
+        let counts = self.counts.lock();
+        (counts.events.state, counts.events.last_state_seen)
+    }
+
+    /// Distinct events held with `occurred` in `[from, to)` by name (zeros left out), and
+    /// the prefixes the ledger counts; empty without a ledger.
+    pub fn ledger_window(
+        &self,
+        from: Micros,
+        to: Micros,
+    ) -> (HashMap<String, u64>, Vec<&'static str>) {
+        let counts = self.counts.lock();
+        match counts.ledger.as_ref() {
+            Some(ledger) => {
+                let mut held = ledger.window(from, to);
+                held.retain(|_, n| *n > 0);
+                (held, ledger.prefixes().to_vec())
+            }
+            None => (HashMap::new(), Vec::new()),
+        }
+    }
+
+    /// The state names counted for `kind`, by type (what reconciliation asks the server).
+    pub fn known_state_names(&self, kind: RunKind) -> HashMap<StateType, BTreeSet<String>> {
+        let counts = self.counts.lock();
+        let mut known: HashMap<StateType, BTreeSet<String>> = HashMap::new();
+        for key in counts.kinds[kind.index()].current.keys() {
+            known
+                .entry(key.ty)
+                .or_default()
+                .insert(key.name.to_string());
+        }
+        known
+    }
+
+    /// How the state file is doing, when one is used.
+    pub fn persist_stats(&self) -> Option<PersistStats> {
+        self.persist.lock().clone()
+    }
+
+    /// Replaces the totals with the server's counts taken at `at`, unless state events
+    /// arrived since `marker` (then `None`: the moment was not quiet); starts a new baseline
+    /// and counts the correction.
+    pub fn reconcile(
+        &self,
+        totals: Vec<(RunKind, HashMap<StateKey, i64>)>,
+        at: Micros,
+        marker: Option<u64>,
+    ) -> Option<Reconciled> {
+        let mut counts = self.counts.lock();
+        if marker.is_some_and(|seen| counts.events.state != seen) {
+            return None;
+        }
+        let mut drift = [0i64; 9];
+        for (kind, totals) in totals {
+            for (i, d) in counts.rebase(kind, totals).into_iter().enumerate() {
+                drift[i] += d;
+            }
+        }
+        counts.set_baseline(at);
+        let checks = &mut counts.checks;
+        checks.reconciliations += 1;
+        checks.last_drift = drift;
+        for (i, d) in drift.iter().enumerate() {
+            checks.corrections[i] += d.unsigned_abs();
+        }
+        Some(Reconciled {
+            drift,
+            reconciliations: checks.reconciliations,
+        })
+    }
+
+    /// Counts one verified window.
+    pub fn count_window(&self, verdict: Verdict) {
+        self.counts.lock().checks.count(verdict);
+    }
+
+    /// Counts events recovered by repair.
+    pub fn count_repaired(&self, events: u64) {
+        self.counts.lock().checks.events_repaired += events;
+    }
+
+    /// Forgets the verification ledger's seconds before `before` (verified for good).
+    pub fn forget_verified(&self, before: Micros) {
+        if let Some(ledger) = self.counts.lock().ledger.as_mut() {
+            ledger.prune(before);
+        }
+    }
+
+    /// Counts an outage longer than the server's backfill horizon.
+    pub fn count_backfill_gap(&self) {
+        self.counts.lock().checks.backfill_gaps += 1;
+    }
+
+    /// Starts reporting state-file statistics (with `--state-file`).
+    pub fn enable_persist_stats(&self) {
+        *self.persist.lock() = Some(PersistStats::default());
+    }
+
+    /// Updates the state-file statistics, when enabled.
+    pub fn update_persist_stats(&self, update: impl FnOnce(&mut PersistStats)) {
+        if let Some(stats) = self.persist.lock().as_mut() {
+            update(stats);
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The exporter's API server as a running service: its settings, start-up (auth, TLS, the
+//! connection cap, the HTTP families in the metrics) and the wait for it to drain.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::expose::collect::Metrics;
+use crate::model::secret::Secret;
+use crate::model::time::wall_clock;
+use crate::state::status::Status;
+use crate::state::Shared;
+use crate::web::auth::Authenticator;
+use crate::web::limits::{ConnectionCap, HttpStats};
+use crate::web::metrics::HttpCollector;
+use crate::web::routes::{serve_api, ApiState};
+use crate::web::server::{bind, ServeConfig};
+use crate::web::Error;
+
+/// How the API server listens, and protects itself.
+#[derive(Clone, Debug)]
+pub struct WebSettings {
+    /// Where it listens (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// How long a client may take to send its request headers (and body).
+    pub header_timeout: Duration,
+    /// `Authorization: Bearer` token required on every path but `/healthz`.
+    pub auth_token: Option<Secret>,
+    /// `user:bcrypt_hash` for HTTP Basic on every path but `/healthz`.
+    pub basic_auth: Option<Secret>,
+    /// PEM certificate chain and key, for HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// The API server, bound and serving until the shutdown token is cancelled.
+pub struct ApiServer {
+    handle: JoinHandle<io::Result<()>>,
+    addr: String,
+}
+
+impl ApiServer {
+    /// Checks the settings (a bad one is a configuration error naming its flag), binds and
+    /// serves `shared` and `status`.
+    pub async fn start(
+        settings: &WebSettings,
+        shared: Arc<Shared>,
+        status: Arc<Status>,
+        shutdown: CancellationToken,
+    ) -> Result<ApiServer, Error> {
+        let auth =
+            Authenticator::from_flags(settings.auth_token.as_ref(), settings.basic_auth.as_ref())?;
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(crate::web::tls::acceptor(cert, key)?),
+            None => None,
+        };
+        let stats = Arc::new(HttpStats::default());
+        let config = ServeConfig {
+            header_timeout: settings.header_timeout,
+            cap: ConnectionCap::new(settings.max_connections, stats.clone()),
+            tls,
+        };
+        let clock = wall_clock();
+        let mut metrics = Metrics::new(shared.clone(), status.clone(), clock.clone());
+        metrics.register(Arc::new(HttpCollector::new(stats.clone())));
+        let (listener, local) = bind(settings.listen).await?;
+        info!(
+            listen = %local,
+            tls = config.tls.is_some(),
+            auth = auth.as_ref().map_or("none", Authenticator::scheme_name),
+            max_connections = config.cap.limit(),
+            "Serving HTTP."
+        );
+        let state = Arc::new(ApiState {
+            shared,
+            status,
+            metrics,
+            clock,
+            auth,
+            stats,
+            body_timeout: settings.header_timeout,
+        });
+        let handle = tokio::spawn(serve_api(listener, config, state, shutdown));
+        Ok(ApiServer {
+            handle,
+            addr: settings.listen.to_string(),
+        })
+    }
+
+    /// Waits for the server to drain and stop.
+    pub async fn finish(self) -> Result<(), Error> {
+        let result = match self.handle.await {
+            Ok(result) => result,
+            Err(e) => Err(io::Error::other(e.to_string())),
+        };
+        result.map_err(|source| Error::Serve {
+            addr: self.addr,
+            source,
+        })
+    }
+}

@@ -1,0 +1,290 @@
+//! What the HTTP server refuses: connections past the cap and request bodies past a size or
+//! time limit, and the counts of both.
+//!
+//! It owns [`ConnectionCap`] (a slot per open connection, fitted to the process's open-file
+//! limit; refusals counted and logged rate-limited), [`read_body`] and [`HttpStats`]. It never
+//! touches sockets or routes: `http` asks it whether to admit, and what to answer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{HeaderValue, CONNECTION};
+use hyper::StatusCode;
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::warn;
+
+use crate::web::response::{error, HttpResponse};
+
+/// Default of `--web-max-connections`: far above what scrapers need (one keep-alive
+/// connection per Prometheus), low enough that idle connections cost a few MiB at most.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+
+/// Open files kept for everything but HTTP connections: stdio, the runtime, the events
+/// socket, the REST client's pool, the state file and replay files.
+const RESERVED_FDS: u64 = 64;
+
+/// At most one log line about refused connections per this interval.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the HTTP server refused and holds, read by the metrics at scrape time.
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    open: AtomicU64,
+    refused: AtomicU64,
+    unauthorized: AtomicU64,
+    body_too_large: AtomicU64,
+    body_timeout: AtomicU64,
+}
+
+/// Why a request was refused before its handler ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Missing or wrong credentials (401).
+    Unauthorized,
+    /// A body over the limit (413).
+    BodyTooLarge,
+    /// A body that did not arrive in time (408).
+    BodyTimeout,
+}
+
+impl Rejection {
+    /// Every reason, in label order.
+    pub const ALL: [Rejection; 3] = [
+        Rejection::Unauthorized,
+        Rejection::BodyTooLarge,
+        Rejection::BodyTimeout,
+    ];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::Unauthorized => "unauthorized",
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+impl HttpStats {
+    /// Counts a refused request.
+    pub fn reject(&self, reason: Rejection) {
+        self.counter(reason).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests refused for `reason` so far.
+    pub fn rejected(&self, reason: Rejection) -> u64 {
+        self.counter(reason).load(Ordering::Relaxed)
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at once because the cap was reached.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    fn counter(&self, reason: Rejection) -> &AtomicU64 {
+        match reason {
+            Rejection::Unauthorized => &self.unauthorized,
+            Rejection::BodyTooLarge => &self.body_too_large,
+            Rejection::BodyTimeout => &self.body_timeout,
+        }
+    }
+}
+
+/// The most connections served at once; past it new ones are refused.
+pub struct ConnectionCap {
+    slots: Arc<Semaphore>,
+    limit: usize,
+    stats: Arc<HttpStats>,
+    refusals: Mutex<RefusalLog>,
+}
+
+/// Refusals since the last log line.
+struct RefusalLog {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+/// An admitted connection's place under the cap; freed on drop.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    stats: Arc<HttpStats>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ConnectionCap {
+    /// A cap of `requested` connections, lowered (with a warning) to fit the process's
+    /// open-file limit.
+    pub fn new(requested: usize, stats: Arc<HttpStats>) -> ConnectionCap {
+        let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+        let limit = fit_to_fd_limit(requested, soft);
+        if limit < requested {
+            warn!(
+                requested,
+                limit,
+                open_files_limit = soft,
+                "--web-max-connections lowered to fit the open-file limit (ulimit -n)."
+            );
+        }
+        ConnectionCap {
+            slots: Arc::new(Semaphore::new(limit)),
+            limit,
+            stats,
+            refusals: Mutex::new(RefusalLog {
+                last_logged: None,
+                unlogged: 0,
+            }),
+        }
+    }
+
+    /// The effective cap.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// A slot for a new connection, or `None` (counted, logged rate-limited) at the cap.
+    pub fn admit(&self) -> Option<Slot> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.stats.open.fetch_add(1, Ordering::Relaxed);
+                Some(Slot {
+                    _permit: permit,
+                    stats: self.stats.clone(),
+                })
+            }
+            Err(_) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.log_refusal();
+                None
+            }
+        }
+    }
+
+    fn log_refusal(&self) {
+        let mut log = self.refusals.lock();
+        log.unlogged += 1;
+        let due = log
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL);
+        if due {
+            warn!(
+                refused = log.unlogged,
+                max_connections = self.limit,
+                "Refused HTTP connections: at --web-max-connections."
+            );
+            log.last_logged = Some(Instant::now());
+            log.unlogged = 0;
+        }
+    }
+}
+
+/// `requested`, lowered to leave [`RESERVED_FDS`] of the soft open-file limit (`None`:
+/// unlimited) for the rest of the process; at least 1.
+fn fit_to_fd_limit(requested: usize, soft_limit: Option<u64>) -> usize {
+    let requested = requested.min(Semaphore::MAX_PERMITS);
+    let Some(soft) = soft_limit else {
+        return requested;
+    };
+    let available = usize::try_from(soft.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    requested.min(available).max(1)
+}
+
+/// Why a request body was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Larger than the limit (announced or sent).
+    TooLarge,
+    /// Not complete in time.
+    Timeout,
+    /// The connection failed while reading it.
+    Broken,
+}
+
+impl BodyError {
+    /// The response to send (the connection closes after it: the body was not read).
+    pub fn response(self) -> HttpResponse {
+        let mut response = match self {
+            BodyError::TooLarge => error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+            BodyError::Timeout => error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time",
+            ),
+            BodyError::Broken => error(StatusCode::BAD_REQUEST, "request body unreadable"),
+        };
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+
+    /// The counted reason, if any.
+    pub fn rejection(self) -> Option<Rejection> {
+        match self {
+            BodyError::TooLarge => Some(Rejection::BodyTooLarge),
+            BodyError::Timeout => Some(Rejection::BodyTimeout),
+            BodyError::Broken => None,
+        }
+    }
+}
+
+/// Reads a request body of at most `max_bytes` within `timeout`. A body announced larger
+/// (`Content-Length`) is refused before any of it is read; a chunked one as soon as it
+/// passes the limit.
+pub async fn read_body(
+    body: Incoming,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
+    if body.size_hint().lower() > u64::try_from(max_bytes).unwrap_or(u64::MAX) {
+        return Err(BodyError::TooLarge);
+    }
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, max_bytes).collect()).await {
+        Err(_) => Err(BodyError::Timeout),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(_)) => Err(BodyError::Broken),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_leaves_room_under_the_open_file_limit() {
+        assert_eq!(fit_to_fd_limit(1024, Some(20_000)), 1024);
+        assert_eq!(fit_to_fd_limit(1024, Some(1024)), 960);
+        assert_eq!(fit_to_fd_limit(1024, Some(10)), 1);
+        assert_eq!(fit_to_fd_limit(1024, None), 1024);
+    }
+
+    #[test]
+    fn cap_refuses_past_the_limit_and_frees_on_drop() {
+        let stats = Arc::new(HttpStats::default());
+        let cap = ConnectionCap::new(2, stats.clone());
+        let first = cap.admit().expect("first");
+        let _second = cap.admit().expect("second");
+        assert!(cap.admit().is_none());
+        assert!(cap.admit().is_none());
+        assert_eq!((stats.open(), stats.refused()), (2, 2));
+        drop(first);
+        assert_eq!(stats.open(), 1);
+        assert!(cap.admit().is_some());
+    }
+}

@@ -1,0 +1,45 @@
+//! The HTTP side: the server both the API and `serve-replay` run on ([`server`]), the API's
+//! routes ([`routes`]) and query parameters ([`query`]), what it refuses ([`limits`]), whom
+//! it serves ([`auth`]), HTTPS ([`tls`]), its own metric families ([`metrics`]), and the API
+//! as a running service ([`api`]).
+
+pub(crate) mod api;
+pub(crate) mod auth;
+pub(crate) mod limits;
+pub(crate) mod metrics;
+pub mod query;
+pub(crate) mod response;
+pub(crate) mod routes;
+pub(crate) mod server;
+pub(crate) mod tls;
+
+use std::io;
+
+/// Why the HTTP side could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A bad `--web-*` setting (exit code 2).
+    #[error("{flag}: {message}")]
+    Config {
+        /// The flag at fault.
+        flag: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The listen address could not be bound.
+    #[error("HTTP server on {addr}: {source}")]
+    Bind {
+        /// The listen address.
+        addr: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The server failed while serving.
+    #[error("HTTP server on {addr}: {source}")]
+    Serve {
+        /// The listen address.
+        addr: String,
+        /// The cause.
+        source: io::Error,
+    },
+}

@@ -1,0 +1,153 @@
+//! Query strings and path segments of the HTTP API: percent-decoding and the validated
+//! parameters of `/api/v1/resources`. Every bad value is an error naming it.
+
+use crate::expose::resources::{ResourceQuery, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::model::event::{RunKind, StateType};
+use crate::model::time::{micros, parse_duration};
+
+/// A query the API refuses (400), with a message naming the bad parameter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QueryError(String);
+
+/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`); `None` when the result is
+/// not UTF-8 or an escape is malformed.
+fn decode_component(text: &str, plus_is_space: bool) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Decodes a path segment.
+pub fn percent_decode(text: &str) -> Option<String> {
+    decode_component(text, false)
+}
+
+/// Splits and decodes `a=b&c=d`.
+pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, QueryError> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = decode_component(key, true)
+                .ok_or_else(|| QueryError("query is not valid percent-encoded UTF-8".to_owned()))?;
+            let value = decode_component(value, true).ok_or_else(|| {
+                QueryError(format!(
+                    "query parameter '{key}' is not valid percent-encoded UTF-8"
+                ))
+            })?;
+            Ok((key, value))
+        })
+        .collect()
+}
+
+/// Validates the decoded query parameters of `/api/v1/resources`.
+pub fn resource_query(params: &[(String, String)]) -> Result<ResourceQuery, QueryError> {
+    let mut query = ResourceQuery {
+        kind: RunKind::FlowRun,
+        state_type: None,
+        state_name: None,
+        older_than: None,
+        limit: DEFAULT_LIMIT,
+    };
+    for (key, value) in params {
+        match key.as_str() {
+            "kind" => {
+                query.kind = RunKind::parse(value).ok_or_else(|| {
+                    err(format!(
+                        "kind: unknown kind '{value}' (choices: flow-run, task-run)"
+                    ))
+                })?;
+            }
+            "state_type" => {
+                query.state_type = Some(
+                    StateType::parse(&value.to_ascii_uppercase())
+                        .ok_or_else(|| err(format!("state_type: unknown state type '{value}'")))?,
+                );
+            }
+            "state_name" => query.state_name = Some(value.clone()),
+            "older_than" => {
+                let duration =
+                    parse_duration(value).map_err(|e| err(format!("older_than: {e}")))?;
+                query.older_than = Some(micros(duration));
+            }
+            "limit" => {
+                query.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        err(format!(
+                            "limit: must be a whole number from 1 to {MAX_LIMIT}"
+                        ))
+                    })?;
+            }
+            other => return Err(err(format!("unknown query parameter '{other}'"))),
+        }
+    }
+    Ok(query)
+}
+
+fn err(message: String) -> QueryError {
+    QueryError(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_queries() {
+        assert_eq!(
+            parse_query("a=b%20c&d=e+f&g").unwrap(),
+            vec![
+                ("a".into(), "b c".into()),
+                ("d".into(), "e f".into()),
+                ("g".into(), "".into())
+            ]
+        );
+        assert!(parse_query("a=%zz").is_err());
+        assert!(parse_query("a=%ff").is_err(), "not UTF-8");
+        assert_eq!(
+            percent_decode("prefect.flow-run.a%2Bb").unwrap(),
+            "prefect.flow-run.a+b"
+        );
+        assert_eq!(percent_decode("a+b").unwrap(), "a+b");
+    }
+
+    #[test]
+    fn validates_resource_queries() {
+        let q = |s: &str| resource_query(&parse_query(s).unwrap()).map_err(|e| e.to_string());
+        let ok = q("kind=task-run&state_type=pending&older_than=10m&limit=5").unwrap();
+        assert_eq!(ok.kind, RunKind::TaskRun);
+        assert_eq!(ok.state_type, Some(StateType::Pending));
+        assert_eq!(ok.older_than, Some(600_000_000));
+        assert_eq!(ok.limit, 5);
+        assert!(q("kind=flow").unwrap_err().starts_with("kind:"));
+        assert!(q("state_type=DONE").unwrap_err().starts_with("state_type:"));
+        assert!(q("older_than=soon").unwrap_err().starts_with("older_than:"));
+        assert!(q("limit=0").unwrap_err().starts_with("limit:"));
+        assert!(q("limit=abc").unwrap_err().starts_with("limit:"));
+        assert!(q("colour=red").unwrap_err().contains("'colour'"));
+    }
+}
