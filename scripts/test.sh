@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's whole test suite, as CI runs it (`.ci/run`) and as the README tells users:
 # format, lints, unit and integration tests (with a real Prometheus parser from a pinned
-# Python virtualenv), the end-to-end tests against a real Prefect 3.9.1 server (and
-# Prefect's own client against serve-replay, and a real Prometheus scraping the exporter with
-# the alert rules and dashboard queries), then the README's run command as a smoke test.
+# Python virtualenv), the end-to-end tests against a real Prefect 3.9.1 server (SQLite, and
+# the production topology: PostgreSQL, Redis messaging, two API replicas; Prefect's own
+# client against serve-replay; a real Prometheus scraping the exporter with the alert rules
+# and dashboard queries), then the README's run command as a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,11 @@ cargo build --release
 step "Prometheus server for the end-to-end tests (Debian's prometheus package; once)"
 bash scripts/install-prometheus.sh
 
-step "end-to-end tests: real Prefect 3.9.1 server and flows, Prefect's client vs serve-replay, a real Prometheus"
+step "services for the topology tests: Redis and PostgreSQL (installed when missing, never left running)"
+PREFECT_E2E_PG_BIN=$(bash scripts/install-test-services.sh)
+export PREFECT_E2E_PG_BIN
+
+step "end-to-end tests: real Prefect 3.9.1 server and flows (SQLite; PostgreSQL + Redis + 2 API replicas), Prefect's client vs serve-replay, a real Prometheus"
 PREFECT_EXPORTER_BIN="$PWD/target/release/prefect-events-exporter" \
   "$PREFECT_EXPORTER_TEST_PYTHON" -m pytest tests/e2e
 
