@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 use crate::error::{Error, Result};
 use crate::ingest::Pipeline;
 use crate::model::event::{RunKind, StateType};
-use crate::model::time::{micros, now_micros, Micros};
+use crate::model::time::{micros, now_micros, wall_clock, Micros};
 use crate::persist::{Opened, Snapshotter};
 use crate::prefect::api::{ApiError, NameFilter, PrefectApi};
 use crate::prefect::reconcile::Reconciler;
@@ -222,6 +222,7 @@ pub async fn run(
             }
             unmet
         },
+        wall_clock(),
         &shutdown,
     )
     .await?;

@@ -9,8 +9,8 @@ use crate::expose::collect::Metrics;
 use crate::expose::exposition::Format;
 use crate::expose::report::CountsReport;
 use crate::ingest::Pipeline;
-use crate::model::time::wall_clock;
 use crate::run::load::{check_readable, load_files, LoadSummary};
+use crate::run::replay::recording_clock;
 use crate::run::settings::{OutputFormat, ReplaySettings};
 use crate::state::status::Status;
 
@@ -66,7 +66,7 @@ pub fn replay(settings: &ReplaySettings) -> Result<(String, String)> {
     let output = match settings.output {
         OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
         OutputFormat::Prometheus => {
-            let metrics = Metrics::new(shared, status, wall_clock());
+            let metrics = Metrics::new(shared.clone(), status, recording_clock(shared));
             metrics.render(Format::Prometheus)
         }
     };

@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 
 use crate::error::Result;
 use crate::ingest::Pipeline;
+use crate::model::time::Clock;
 use crate::persist::format::ReplayV1;
 use crate::persist::{Opened, Snapshotter};
 use crate::run::settings::RunSettings;
@@ -46,12 +47,13 @@ pub struct Service {
 impl Service {
     /// Opens the state file (if any) into `pipeline` for events from `source`, marks the
     /// readiness `conditions` (name, reason) that what it holds leaves unmet, and starts the
-    /// API server.
+    /// API server, which measures ages against `clock`.
     pub async fn start(
         settings: &RunSettings,
         pipeline: &mut Pipeline,
         source: &str,
         conditions: impl FnOnce(&Opened) -> Vec<(&'static str, &'static str)>,
+        clock: Clock,
         shutdown: &CancellationToken,
     ) -> Result<(Service, Option<Snapshotter>, Opened)> {
         let (snapshotter, opened) = match &settings.state_file {
@@ -70,6 +72,7 @@ impl Service {
             &settings.web,
             pipeline.shared(),
             status.clone(),
+            clock,
             shutdown.clone(),
         )
         .await?;
