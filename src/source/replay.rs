@@ -90,7 +90,7 @@ impl<R: BufRead> LineReader<R> {
                 }
                 break;
             }
-            let (chunk, done) = match memchr(available) {
+            let (chunk, done) = match memchr::memchr(b'\n', available) {
                 Some(i) => (&available[..=i], true),
                 None => (available, false),
             };
@@ -124,10 +124,6 @@ impl<R: BufRead> LineReader<R> {
         }
         Ok(Some(Line::Frame(line)))
     }
-}
-
-fn memchr(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
 }
 
 #[cfg(test)]
