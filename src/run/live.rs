@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use crate::error::{Error, Result};
 use crate::ingest::Pipeline;
 use crate::model::event::{RunKind, StateType};
+use crate::model::secret::display_url;
 use crate::model::time::{micros, now_micros, Micros};
 use crate::persist::{Opened, Snapshotter};
 use crate::prefect::api::{ApiError, NameFilter, PrefectApi};
@@ -77,6 +78,7 @@ async fn bootstrap(reconciler: &Reconciler, status: &Status, shutdown: &Cancella
     loop {
         match reconciler.attempt(false).await {
             Ok(_) => return true,
+            Err(ApiError::Cancelled) => return false,
             Err(e) => {
                 let message = e.to_string();
                 let reason = match &e {
@@ -120,6 +122,7 @@ async fn seed_runs(api: &PrefectApi, pipeline: &mut Pipeline, kinds: &[RunKind])
             .await
         {
             Ok(runs) => runs,
+            Err(ApiError::Cancelled) => return,
             Err(e) => {
                 warn!(error = %e, kind = kind.as_str(), "Could not list non-terminal runs; they appear when their next event arrives.");
                 continue;
@@ -202,11 +205,12 @@ pub async fn run(
     server: ServerSettings,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let api =
-        PrefectApi::new(&server.api.url, &server.api.credentials).map_err(|e| Error::Config {
+    let api = PrefectApi::new(&server.api.url, &server.api.credentials, shutdown.clone()).map_err(
+        |e| Error::Config {
             flag: "--prefect-api-url",
             message: e.to_string(),
-        })?;
+        },
+    )?;
     let prefixes = RunKind::subscribed_prefixes(settings.engine.state.track_task_runs);
     let mut pipeline = Pipeline::new(settings.engine.clone());
     // A restored state file with a baseline carries it with the counts: no new baseline.
@@ -214,7 +218,7 @@ pub async fn run(
     let (service, snapshotter, opened) = Service::start(
         &settings,
         &mut pipeline,
-        &server.api.url,
+        &display_url(&server.api.url),
         |opened| {
             let mut unmet = vec![("stream", "connecting to the events stream")];
             if needs_baseline(opened) {
@@ -253,7 +257,7 @@ pub async fn run(
         }
         seed_runs(&api, &mut pipeline, &shared.kinds().collect::<Vec<_>>()).await;
         status.satisfy("baseline");
-        info!(api = %server.api.url, "REST baseline taken.");
+        info!(api = %display_url(&server.api.url), "REST baseline taken.");
     }
 
     let (frame_tx, frame_rx) = mpsc::channel(FRAME_QUEUE);
@@ -292,6 +296,7 @@ pub async fn run(
     let checks = Checks {
         api,
         shared,
+        status,
         reconciler,
         trigger: reconcile_now,
         // After a restart, windows up to the second pass are checked again (their ledger
@@ -309,6 +314,7 @@ pub async fn run(
 struct Checks {
     api: PrefectApi,
     shared: Arc<Shared>,
+    status: Arc<Status>,
     reconciler: Reconciler,
     trigger: Arc<Notify>,
     verify_from: Micros,
@@ -338,7 +344,7 @@ impl Checks {
                 settle: micros(server.verify_settle),
                 second_pass_after: SECOND_PASS,
             };
-            let verifier = Verifier::new(self.api, self.shared, repairs, config);
+            let verifier = Verifier::new(self.api, self.shared, self.status, repairs, config);
             let (from, trigger, stop) = (self.verify_from, self.trigger, shutdown.clone());
             tasks.spawn(async move {
                 verifier.run(from, trigger, stop).await;
