@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -26,7 +25,7 @@ use crate::prefect::verify::{RepairBatch, Verifier, VerifyConfig};
 use crate::run::service::{Ingested, Service, Tasks};
 use crate::run::settings::{RunSettings, ServerSettings};
 use crate::source::ws::{self, WsConfig, RESUME_OVERLAP, SERVER_BACKFILL};
-use crate::source::{StreamError, StreamObserver};
+use crate::source::{Frame, StreamError, StreamObserver};
 use crate::state::status::Status;
 use crate::state::Shared;
 
@@ -155,13 +154,13 @@ async fn seed_runs(api: &PrefectApi, pipeline: &mut Pipeline, kinds: &[RunKind])
 /// the state-file writer every `snapshot_every`; hands the pipeline back at the end.
 async fn pipeline_task(
     mut pipeline: Pipeline,
-    mut frames: mpsc::Receiver<Bytes>,
+    mut frames: mpsc::Receiver<Frame>,
     mut repairs: mpsc::Receiver<RepairBatch>,
     snapshotter: Option<Snapshotter>,
     snapshot_every: Duration,
     shutdown: CancellationToken,
 ) -> Ingested {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Frame> = Vec::with_capacity(BATCH);
     let mut snapshots = crate::persist::interval(snapshot_every);
     snapshots.reset();
     loop {
@@ -188,7 +187,18 @@ async fn pipeline_task(
                 if received == 0 {
                     break;
                 }
-                pipeline.ingest_batch(batch.drain(..));
+                let mut applying = pipeline.batch();
+                for frame in batch.drain(..) {
+                    match frame {
+                        Frame::Data(bytes) => {
+                            applying.ingest(&bytes);
+                        }
+                        Frame::Rejected { reason, bytes } => {
+                            applying.reject(reason, usize::try_from(bytes).unwrap_or(usize::MAX));
+                        }
+                    }
+                }
+                applying.finish();
             }
         }
     }
@@ -282,6 +292,7 @@ pub async fn run(
         api_url: server.api.url.clone(),
         credentials: server.api.credentials.clone(),
         prefixes,
+        idle_timeout: server.api.stream_idle_timeout,
     };
     let observer = Observer {
         shared: shared.clone(),
