@@ -236,7 +236,7 @@ impl ExporterDefs {
             ),
             repair_truncated: Def::new(
                 "prefect_exporter_repair_truncated_total",
-                "Re-fetches of a window's stored events stopped at a page limit (per window, or per verification round) before the server's last page.",
+                "Re-fetches of a window's stored events stopped at a page limit (per window, or per verification interval) before the server's last page.",
                 Kind::Counter,
                 &["limit"],
             ),

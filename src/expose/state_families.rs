@@ -286,7 +286,7 @@ impl Collector for StateCollector {
         let truncated = self.status.repair_truncated();
         out.push(Family::new(
             &e.repair_truncated,
-            ["window", "round"].map(|limit| {
+            ["window", "interval"].map(|limit| {
                 let n = truncated.get(limit).copied().unwrap_or(0);
                 (vec![Text::Static(limit)], counter(n as f64))
             }),

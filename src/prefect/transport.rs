@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::model::secret::{display_url, Credentials};
-use crate::model::untrusted::{escape_bytes, SHOWN_CHARS};
+use crate::model::untrusted::{escape, escape_bytes, SHOWN_CHARS};
 
 /// Requests are retried this many times on retryable answers.
 pub const RETRIES: u32 = 5;
@@ -239,7 +239,7 @@ impl Transport {
                     self.note_success();
                     return serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
                         url: shown,
-                        message: e.to_string(),
+                        message: escape(&e.to_string(), SHOWN_CHARS),
                     });
                 }
                 Attempt::Failed { error, retry } => {

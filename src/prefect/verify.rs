@@ -9,7 +9,7 @@
 //!
 //! Repair is bounded: each page of stored events is applied before the next is fetched (so
 //! nothing accumulates), at most [`WINDOW_PAGES`] pages are fetched for one window and
-//! [`ROUND_PAGES`] in one round, and a window cut off at its limit pauses re-fetching with
+//! [`INTERVAL_PAGES`] in one round, and a window cut off at its limit pauses re-fetching with
 //! backoff. Each cut is counted (`prefect_exporter_repair_truncated_total`); the first of a
 //! series is logged. A server whose pages never end costs a bounded number of requests and no
 //! memory.
@@ -58,8 +58,8 @@ pub enum WindowResult {
 pub enum PageLimit {
     /// [`WINDOW_PAGES`] pages for one window.
     Window,
-    /// [`ROUND_PAGES`] pages in one verification round.
-    Round,
+    /// [`INTERVAL_PAGES`] pages in one verification round (one `--verify-interval`).
+    Interval,
 }
 
 impl PageLimit {
@@ -67,15 +67,16 @@ impl PageLimit {
     pub fn as_str(self) -> &'static str {
         match self {
             PageLimit::Window => "window",
-            PageLimit::Round => "round",
+            PageLimit::Interval => "interval",
         }
     }
 }
 
 /// Most pages of stored events (50 events each) fetched for one window in one check.
 pub const WINDOW_PAGES: usize = 400;
-/// Most pages fetched in one verification round, all windows together.
-pub const ROUND_PAGES: usize = 1_000;
+/// Most pages fetched in one verification round (every `--verify-interval`), all windows
+/// together.
+pub const INTERVAL_PAGES: usize = 1_000;
 /// Longest pause of re-fetching after a window was cut off at [`WINDOW_PAGES`].
 const MAX_FETCH_PAUSE: Duration = Duration::from_secs(300);
 
@@ -218,7 +219,7 @@ impl Verifier {
                 break;
             }
             if budget.exhausted() {
-                cut = Some(PageLimit::Round);
+                cut = Some(PageLimit::Interval);
                 break;
             }
             let events = match pages.next_page().await {
@@ -292,8 +293,8 @@ impl Verifier {
                 warn!(pages = WINDOW_PAGES, "Re-fetching a window's events stopped at the page limit: the server keeps offering more pages. Re-fetching pauses, with backoff; each cut is counted.");
             }
             PageLimit::Window => {}
-            PageLimit::Round => {
-                debug!(pages = ROUND_PAGES, "This round's re-fetches reached the page limit; the rest waits for the next round.");
+            PageLimit::Interval => {
+                debug!(pages = INTERVAL_PAGES, "This round's re-fetches reached the page limit; the rest waits for the next round.");
             }
         }
     }
@@ -323,7 +324,7 @@ impl Verifier {
                 pending.push_back((next_from, to, 0));
                 next_from = to;
             }
-            let mut budget = PageBudget::new(ROUND_PAGES);
+            let mut budget = PageBudget::new(INTERVAL_PAGES);
             let mut any_repair = false;
             for _ in 0..pending.len() {
                 if shutdown.is_cancelled() {

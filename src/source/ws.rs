@@ -179,7 +179,10 @@ async fn handshake(
                 "{shown}: HTTP {} on the websocket upgrade",
                 response.status().as_u16()
             )),
-            other => StreamError::Connect(format!("{shown}: {other}")),
+            other => StreamError::Connect(format!(
+                "{shown}: {}",
+                escape(&other.to_string(), SHOWN_CHARS)
+            )),
         })?;
     let mut subscription = Subscription { socket, nonce };
     authenticate(&mut subscription.socket, &config.credentials).await?;
@@ -208,7 +211,7 @@ async fn authenticate(
             Some(Ok(Message::Text(text))) => Bytes::from(text),
             Some(Ok(Message::Close(frame))) => return Err(close_error(frame, true)),
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(StreamError::Lost(e.to_string())),
+            Some(Err(e)) => return Err(StreamError::Lost(escape(&e.to_string(), SHOWN_CHARS))),
             None => return Err(StreamError::Lost("closed during the handshake".to_owned())),
         };
         let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -230,7 +233,7 @@ async fn send_text(socket: &mut EventSocket, text: String) -> Result<(), StreamE
     socket
         .send(Message::text(text))
         .await
-        .map_err(|e| StreamError::Lost(e.to_string()))
+        .map_err(|e| StreamError::Lost(escape(&e.to_string(), SHOWN_CHARS)))
 }
 
 fn close_error(
@@ -339,7 +342,7 @@ async fn pump(
             }
             Some(Ok(Message::Close(frame))) => return Err(close_error(frame, false)),
             Some(Ok(Message::Frame(_))) => continue,
-            Some(Err(e)) => return Err(StreamError::Lost(e.to_string())),
+            Some(Err(e)) => return Err(StreamError::Lost(escape(&e.to_string(), SHOWN_CHARS))),
             None => return Err(StreamError::Lost("stream ended".to_owned())),
         };
         if frames.send(frame).await.is_err() {
