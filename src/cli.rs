@@ -240,6 +240,11 @@ pub struct ServerArgs {
     /// websocket token). Never logged.
     #[arg(long, env = "PREFECT_API_AUTH_STRING", hide_env_values = true)]
     pub auth_string: Option<Secret>,
+
+    /// Reconnect when the events stream has been silent this long: no event and no ping
+    /// (Prefect pings every 20 s, so a live connection is never silent for long).
+    #[arg(long, env = "PREFECT_EXPORTER_STREAM_IDLE_TIMEOUT", default_value = "45s", value_parser = parse_positive_duration)]
+    pub stream_idle_timeout: Duration,
 }
 
 impl ServerArgs {
@@ -256,6 +261,7 @@ impl ServerArgs {
         ApiSettings {
             url: self.prefect_api_url.clone(),
             credentials: self.credentials(),
+            stream_idle_timeout: self.stream_idle_timeout,
         }
     }
 }

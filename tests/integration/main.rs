@@ -1,6 +1,7 @@
 //! Integration tests: the built binary driven through its public surface (flags, files,
 //! HTTP), with exact values from independent ground truth.
 
+mod fake_prefect;
 mod flags;
 mod flood;
 mod http_api;
@@ -8,6 +9,9 @@ mod http_hardening;
 mod layers;
 mod properties;
 mod replay_files;
+mod rest_hostile;
 mod serve_replay;
+mod shutdown;
 mod state_file;
 mod support;
+mod ws_hostile;
