@@ -4,6 +4,7 @@
 mod flags;
 mod flood;
 mod http_api;
+mod http_echo;
 mod http_hardening;
 mod layers;
 mod properties;
