@@ -123,3 +123,22 @@ fn help_exits_0() {
     assert_eq!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("replay"));
 }
+
+#[test]
+fn a_directory_given_as_a_replay_file_exits_2_naming_the_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap();
+    let stderr = one_line_error(&["replay", dir], "FILE");
+    assert_eq!(
+        stderr.trim_end(),
+        format!("error: FILE: cannot read {dir}: it is a directory")
+    );
+    let stderr = one_line_error(
+        &["run", "--listen", "127.0.0.1:0", "--replay", dir],
+        "--replay",
+    );
+    assert_eq!(
+        stderr.trim_end(),
+        format!("error: --replay: cannot read {dir}: it is a directory")
+    );
+}

@@ -152,3 +152,19 @@ fn prometheus_output_of_replay_has_the_same_totals() {
     );
     assert!(text.contains("prefect_flow_runs{state_type=\"RUNNING\",state_name=\"Running\"} 1\n"));
 }
+
+#[test]
+fn a_utf8_byte_order_mark_at_the_start_of_a_file_is_skipped() {
+    let original = replay_data("synthetic-duplicates.jsonl");
+    let mut marked = tempfile::NamedTempFile::new().unwrap();
+    marked.write_all(b"\xEF\xBB\xBF").unwrap();
+    marked
+        .write_all(&std::fs::read(&original).unwrap())
+        .unwrap();
+    marked.flush().unwrap();
+    let plain = replay_json(&[original.to_str().unwrap()]);
+    let with_mark = replay_json(&[marked.path().to_str().unwrap()]);
+    assert_eq!(with_mark["events"]["rejected"], 0);
+    assert_eq!(with_mark["flow_runs"], plain["flow_runs"]);
+    assert_eq!(with_mark["events"], plain["events"]);
+}
