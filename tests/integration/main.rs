@@ -8,6 +8,7 @@ mod http_echo;
 mod http_hardening;
 mod layers;
 mod properties;
+mod readme;
 mod replay_files;
 mod serve_replay;
 mod state_file;
