@@ -35,7 +35,11 @@ fn the_readme_replay_examples_run_without_warnings() {
         .filter_map(|l| l.strip_prefix(PREFIX))
         .map(|rest| rest.split('#').next().unwrap_or("").trim())
         .collect();
-    assert_eq!(commands.len(), 2, "the README's replay examples: {commands:?}");
+    assert_eq!(
+        commands.len(),
+        2,
+        "the README's replay examples: {commands:?}"
+    );
     for command in commands {
         let mut args = vec!["replay".to_owned()];
         for word in command.split_whitespace() {
