@@ -1,6 +1,7 @@
 //! Integration tests: the built binary driven through its public surface (flags, files,
 //! HTTP), with exact values from independent ground truth.
 
+mod basic_auth;
 mod flags;
 mod flood;
 mod http_api;

@@ -141,8 +141,14 @@ impl Service {
 
     /// Starts the binary with `args` and waits for the log line with its listen address.
     pub fn spawn(args: &[&str]) -> Service {
+        Service::spawn_with_env(args, &[])
+    }
+
+    /// [`Service::spawn`] with extra environment variables.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Service {
         let mut child = binary()
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -176,6 +182,34 @@ impl Service {
         };
         service.addr = addr;
         service
+    }
+
+    /// Collects log lines until one satisfies `found` (returned last) or `within` passes.
+    pub fn logs_until(
+        &self,
+        within: Duration,
+        found: impl Fn(&str) -> bool,
+    ) -> (bool, Vec<String>) {
+        let deadline = Instant::now() + within;
+        let mut lines = Vec::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(remaining) {
+                Ok(line) => {
+                    let hit = found(&line);
+                    lines.push(line);
+                    if hit {
+                        return (true, lines);
+                    }
+                }
+                Err(_) => return (false, lines),
+            }
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// `http://ADDR/api`.
