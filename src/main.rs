@@ -11,11 +11,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use prefect_events_exporter::cli::{Cli, Invocation, LogFormat};
+use prefect_events_exporter::cli::{self, FromEnv, Invocation, LogFormat};
 use prefect_events_exporter::error::Error;
 use prefect_events_exporter::{fake_server, run};
 
@@ -26,9 +25,10 @@ use prefect_events_exporter::{fake_server, run};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => return flag_error(e),
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (cli, from_env) = match cli::parse(args.clone()) {
+        Ok(parsed) => parsed,
+        Err(e) => return flag_error(&e, &args),
     };
     init_logging(cli.log_format);
     let result = match cli.invocation() {
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            print_error_line(&format!("error: {e}"));
+            print_error_line(&error_line(&e, &from_env));
             ExitCode::from(e.exit_code())
         }
     }
@@ -113,9 +113,22 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     std::process::exit(code);
 }
 
+/// A command's error as one line; a configuration error whose flag was set by an
+/// environment variable names the variable too (`error: VARIABLE (--flag): ...`).
+fn error_line(e: &Error, from_env: &FromEnv) -> String {
+    match e {
+        Error::Config { flag, message } => match from_env.variable(flag) {
+            Some(variable) => format!("error: {variable} ({flag}): {message}"),
+            None => format!("error: {e}"),
+        },
+        _ => format!("error: {e}"),
+    }
+}
+
 /// Prints help/version as clap does; any other parse error as one line (clap's first
-/// paragraph, joined: "required arguments were not provided: --web-tls-key <PATH>"), exit 2.
-fn flag_error(e: clap::Error) -> ExitCode {
+/// paragraph, joined: "required arguments were not provided: --web-tls-key <PATH>"; a bad
+/// value from an environment variable names the variable), exit 2.
+fn flag_error(e: &clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
     match e.kind() {
         ErrorKind::DisplayHelp
         | ErrorKind::DisplayVersion
@@ -124,18 +137,7 @@ fn flag_error(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            let rendered = e.render().to_string();
-            let paragraph: Vec<&str> = rendered
-                .lines()
-                .map(str::trim)
-                .skip_while(|l| l.is_empty())
-                .take_while(|l| !l.is_empty())
-                .collect();
-            if paragraph.is_empty() {
-                print_error_line("error: invalid arguments");
-            } else {
-                print_error_line(&paragraph.join(" "));
-            }
+            print_error_line(&cli::error_line(e, args));
             ExitCode::from(2)
         }
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::expose::collect::Metrics;
 use crate::expose::exposition::Format;
 use crate::expose::report::CountsReport;
@@ -55,7 +55,15 @@ pub fn replay(settings: &ReplaySettings) -> Result<(String, String)> {
     check_readable("FILE", &settings.files)?;
     let mut pipeline = Pipeline::new(settings.engine.clone());
     let started = Instant::now();
-    let load = load_files(&mut pipeline, &settings.files, None)?;
+    // A file that fails while it is read is as much a bad argument as one that cannot be
+    // opened: exit code 2 either way.
+    let load = load_files(&mut pipeline, &settings.files, None).map_err(|e| match e {
+        Error::Read { path, source } => Error::Config {
+            flag: "FILE",
+            message: format!("cannot read {}: {source}", path.display()),
+        },
+        other => other,
+    })?;
     let summary = ReplaySummary {
         load,
         elapsed: started.elapsed(),

@@ -227,3 +227,19 @@ fn replay_ages_are_measured_against_the_recordings_newest_event() {
     assert_eq!(age("PENDING", "Pending"), "100");
     assert_eq!(age("SCHEDULED", "Scheduled"), "0");
 }
+
+#[test]
+fn a_utf8_byte_order_mark_at_the_start_of_a_file_is_skipped() {
+    let original = replay_data("synthetic-duplicates.jsonl");
+    let mut marked = tempfile::NamedTempFile::new().unwrap();
+    marked.write_all(b"\xEF\xBB\xBF").unwrap();
+    marked
+        .write_all(&std::fs::read(&original).unwrap())
+        .unwrap();
+    marked.flush().unwrap();
+    let plain = replay_json(&[original.to_str().unwrap()]);
+    let with_mark = replay_json(&[marked.path().to_str().unwrap()]);
+    assert_eq!(with_mark["events"]["rejected"], 0);
+    assert_eq!(with_mark["flow_runs"], plain["flow_runs"]);
+    assert_eq!(with_mark["events"], plain["events"]);
+}
