@@ -763,6 +763,12 @@ def wait_until_equal(
     )
 
 
+def require(cond: bool, msg: str) -> None:
+    """A check on the *workload* (what Prefect did), not on the exporter."""
+    if not cond:
+        pytest.fail(f"workload precondition: {msg}", pytrace=False)
+
+
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
     """Poll cond() until truthy; bounded. Returns its value."""
     deadline = time.monotonic() + timeout

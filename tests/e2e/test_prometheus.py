@@ -42,7 +42,7 @@ from prometheus import (
     substitute,
     within,
 )
-from support import HOST, Exporter, artifacts, log, summary
+from support import HOST, Exporter, artifacts, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "replay-data" / "prefect-3.9.1-main.jsonl"
