@@ -26,6 +26,7 @@ from support import (
     deployment_id,
     diff,
     exporter_bin,
+    exporter_context,
     exporter_view,
     http,
     log,
@@ -56,17 +57,6 @@ def _exporter_binary():
 
 def tag() -> str:
     return uuid.uuid4().hex[:8]
-
-
-def exporter_context(exp):
-    def ctx() -> str:
-        try:
-            c = exp.counts()
-            return f"exporter events={c.get('events')} stream={c.get('stream')}"
-        except Exception as exc:  # noqa: BLE001 - context only
-            return f"(exporter counts unavailable: {exc!r})"
-
-    return ctx
 
 
 # ====================================================================== shared server (1, 2)

@@ -24,6 +24,7 @@ from support import (
     Exporter,
     artifacts,
     exporter_bin,
+    exporter_context,
     exporter_view,
     log,
     require,
@@ -100,17 +101,6 @@ def exporter(cluster: PrefectCluster):
 def _logs_on_failure(request, cluster, exporter):
     """A failed test's report gets the exporter's stderr and every cluster process's log."""
     artifacts(request).extend([exporter, *cluster.parts()])
-
-
-def exporter_context(exp: Exporter):
-    def ctx() -> str:
-        try:
-            c = exp.counts()
-            return f"exporter events={c.get('events')} stream={c.get('stream')}"
-        except Exception as exc:  # noqa: BLE001 - context only
-            return f"(exporter counts unavailable: {exc!r})"
-
-    return ctx
 
 
 def plus(base: dict[str, int], extra: dict[str, int]) -> dict[str, int]:
