@@ -376,8 +376,13 @@ def bench_memory_split(binary, runs, per_run):
     at once (the dedup window alone)."""
     _, _, rss = peak_rss(binary, runs, per_run, "--dedup-capacity", "1")
     result("memory_runs_only_peak_rss_mb", rss, "MB")
+    _, _, small = peak_rss(binary, runs // 5, per_run, "--dedup-capacity", "1")
+    result("memory_bytes_per_run", round((rss - small) * 1e6 / (runs - runs // 5)), "B (peak RSS slope from runs/5 to runs)")
     _, _, rss = peak_rss(binary, runs, per_run, "--dedup-capacity", str(runs * per_run), "--terminal-retention", "1us")
     result("memory_dedup_only_peak_rss_mb", rss, "MB")
+    _, _, small = peak_rss(binary, runs // 5, per_run, "--dedup-capacity", str(runs * per_run), "--terminal-retention", "1us")
+    ids = runs * per_run
+    result("memory_bytes_per_dedup_id", round((rss - small) * 1e6 / (ids - ids // 5)), "B (peak RSS slope)")
 
 
 def metric(base, name):

@@ -305,7 +305,7 @@ mod tests {
             "a free slab slot costs nothing extra"
         );
         assert!(
-            std::mem::size_of::<RunRecord>() <= 208,
+            std::mem::size_of::<RunRecord>() <= 248,
             "{} bytes",
             std::mem::size_of::<RunRecord>()
         );
