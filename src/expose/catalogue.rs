@@ -123,6 +123,8 @@ pub(crate) struct ExporterDefs {
     pub(crate) folded: Def,
     pub(crate) windows: Def,
     pub(crate) repaired: Def,
+    pub(crate) repair_truncated: Def,
+    pub(crate) deficit: Def,
     pub(crate) corrections: Def,
     pub(crate) drift: Def,
     pub(crate) reconciliations: Def,
@@ -231,6 +233,18 @@ impl ExporterDefs {
                 "Events recovered by repair that the live stream had dropped.",
                 Kind::Counter,
                 &[],
+            ),
+            repair_truncated: Def::new(
+                "prefect_exporter_repair_truncated_total",
+                "Re-fetches of a window's stored events stopped at a page limit (per window, or per verification interval) before the server's last page.",
+                Kind::Counter,
+                &["limit"],
+            ),
+            deficit: Def::new(
+                "prefect_exporter_runs_deficit",
+                "Runs by which a state's total is below zero (a lost or late event); the exposed totals hold at zero until verification or reconciliation settles it.",
+                Kind::Gauge,
+                &["kind", "state_type"],
             ),
             corrections: Def::new(
                 "prefect_exporter_reconcile_corrections_total",

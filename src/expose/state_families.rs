@@ -8,6 +8,7 @@ use crate::expose::catalogue::{ExporterDefs, KindDefs};
 use crate::expose::collect::{
     by_series, counter, gauge, histogram, sorted, Collector, Family, Text, Value,
 };
+use crate::expose::report::shown_runs;
 use crate::model::event::{RunKind, StateKey, StateType};
 use crate::model::reject::RejectReason;
 use crate::model::time::{as_seconds, Clock, Micros};
@@ -90,7 +91,7 @@ impl StateCollector {
             &defs.runs,
             current
                 .into_iter()
-                .map(|(k, v)| (state_labels(k), gauge(v as f64))),
+                .map(|(k, v)| (state_labels(k), gauge(shown_runs(v).0 as f64))),
         ));
 
         out.push(Family::new(
@@ -275,6 +276,29 @@ impl Collector for StateCollector {
             &e.repaired,
             [(Vec::<Text>::new(), counter(checks.events_repaired as f64))],
         ));
+        let truncated = self.status.repair_truncated();
+        out.push(Family::new(
+            &e.repair_truncated,
+            ["window", "interval"].map(|limit| {
+                let n = truncated.get(limit).copied().unwrap_or(0);
+                (vec![Text::Static(limit)], counter(n as f64))
+            }),
+        ));
+        let mut deficits = Vec::new();
+        for (kind, counts, _) in &kinds {
+            let mut deficit = [0u64; 9];
+            for (state, &n) in &counts.current {
+                let slot = &mut deficit[state.ty.index()];
+                *slot = slot.saturating_add(shown_runs(n).1);
+            }
+            for ty in StateType::ALL {
+                deficits.push((
+                    vec![Text::Static(kind.metric_stem()), Text::Static(ty.as_str())],
+                    gauge(deficit[ty.index()] as f64),
+                ));
+            }
+        }
+        out.push(Family::new(&e.deficit, deficits));
         let by_type = |values: [f64; 9], ty: fn(f64) -> Value| {
             StateType::ALL
                 .iter()

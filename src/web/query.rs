@@ -4,6 +4,7 @@
 use crate::expose::resources::{ResourceQuery, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::model::event::{RunKind, StateType};
 use crate::model::time::{micros, parse_duration};
+use crate::web::response::echo;
 
 /// A query the API refuses (400), with a message naming the bad parameter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,7 +54,8 @@ pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, QueryError> {
                 .ok_or_else(|| QueryError("query is not valid percent-encoded UTF-8".to_owned()))?;
             let value = decode_component(value, true).ok_or_else(|| {
                 QueryError(format!(
-                    "query parameter '{key}' is not valid percent-encoded UTF-8"
+                    "query parameter '{}' is not valid percent-encoded UTF-8",
+                    echo(&key)
                 ))
             })?;
             Ok((key, value))
@@ -75,20 +77,20 @@ pub fn resource_query(params: &[(String, String)]) -> Result<ResourceQuery, Quer
             "kind" => {
                 query.kind = RunKind::parse(value).ok_or_else(|| {
                     err(format!(
-                        "kind: unknown kind '{value}' (choices: flow-run, task-run)"
+                        "kind: unknown kind '{}' (choices: flow-run, task-run)",
+                        echo(value)
                     ))
                 })?;
             }
             "state_type" => {
-                query.state_type = Some(
-                    StateType::parse(&value.to_ascii_uppercase())
-                        .ok_or_else(|| err(format!("state_type: unknown state type '{value}'")))?,
-                );
+                query.state_type = Some(StateType::parse(&value.to_ascii_uppercase()).ok_or_else(
+                    || err(format!("state_type: unknown state type '{}'", echo(value))),
+                )?);
             }
             "state_name" => query.state_name = Some(value.clone()),
             "older_than" => {
-                let duration =
-                    parse_duration(value).map_err(|e| err(format!("older_than: {e}")))?;
+                let duration = parse_duration(value)
+                    .map_err(|e| err(format!("older_than: {}", echo(&e.to_string()))))?;
                 query.older_than = Some(micros(duration));
             }
             "limit" => {
@@ -102,7 +104,7 @@ pub fn resource_query(params: &[(String, String)]) -> Result<ResourceQuery, Quer
                         ))
                     })?;
             }
-            other => return Err(err(format!("unknown query parameter '{other}'"))),
+            other => return Err(err(format!("unknown query parameter '{}'", echo(other)))),
         }
     }
     Ok(query)
