@@ -42,6 +42,7 @@ use crate::model::secret::{display_url, Credentials};
 use crate::model::time::{format_rfc3339, now_micros, Micros, SECOND};
 use crate::model::untrusted::{escape, SHOWN_CHARS};
 use crate::model::Error;
+use crate::source::backoff::{Backoff, AUTH_RETRY, HEALTHY_AFTER};
 use crate::source::connect::{self, Guarded};
 use crate::source::frame_guard::parse_marker;
 use crate::source::{Frame, StreamError, StreamObserver};
@@ -52,13 +53,6 @@ pub const RESUME_OVERLAP: Micros = 60 * SECOND;
 pub const SERVER_BACKFILL: Micros = 15 * 60 * SECOND;
 /// Time allowed for connect + auth.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-/// A connection that lived this long resets the backoff.
-const HEALTHY_AFTER: Duration = Duration::from_secs(60);
-/// Backoff bounds for ordinary failures.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Retry period after an authentication failure.
-const AUTH_RETRY: Duration = Duration::from_secs(60);
 /// Most control frames (pings, pongs) accepted within [`CONTROL_WINDOW`]; Prefect sends one
 /// ping per 20 s.
 pub const CONTROL_BUDGET: u32 = 100;
@@ -360,7 +354,7 @@ pub async fn run(
     observer: &dyn StreamObserver,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::default();
     let mut last_error: Option<String> = None;
     let mut first = true;
     while !shutdown.is_cancelled() {
@@ -384,7 +378,7 @@ pub async fn run(
                 observer.connected();
                 let result = pump(&mut subscription, &frames, config.idle_timeout, &shutdown).await;
                 if started.elapsed() >= HEALTHY_AFTER {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                 }
                 result.map_err(|e| (e, true))
             }
@@ -403,13 +397,11 @@ pub async fn run(
                     AUTH_RETRY
                 } else {
                     if repeated {
-                        debug!(error = %error, retry_in_ms = backoff.as_millis() as u64, "The events stream is still unavailable; reconnecting.");
+                        debug!(error = %error, retry_in_ms = backoff.current().as_millis() as u64, "The events stream is still unavailable; reconnecting.");
                     } else {
-                        warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "Events stream ended; reconnecting.");
+                        warn!(error = %error, retry_in_ms = backoff.current().as_millis() as u64, "Events stream ended; reconnecting.");
                     }
-                    let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    jittered
+                    backoff.next_delay()
                 };
                 last_error = Some(text);
                 delay
