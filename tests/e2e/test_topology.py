@@ -7,7 +7,12 @@ the exporter sees crossed Redis from the other replica. Truth is replica 1's RES
 (`/flow_runs/filter`, `/task_runs/filter`, all pages, cross-checked with `/count`) and the
 events the services process stored (`/events/count-by/event`), never the exporter's output.
 
-One cluster and one exporter for the module: the exporter starts on the fresh cluster, so its
+A second exporter reads the same events from Redis instead (`--redis-url`, its own consumer
+group on the `events` stream, a state file): it must be exact against the same truth, and it
+is killed with SIGKILL mid-burst and restarted from its state file without losing or double
+counting anything (its unacknowledged entries are claimed again and deduplicated).
+
+One cluster and these two exporters for the module: both start on the fresh cluster, so their
 entries compare with every stored state event through both tests.
 """
 
@@ -98,10 +103,53 @@ def exporter(cluster: PrefectCluster):
         pytest.fail(f"{exp.name} exited {rc} on SIGTERM\n{exp.log_text(50)}", pytrace=False)
 
 
+class RedisExporter:
+    """The Redis-source exporter (`--redis-url`, `--state-file`), restartable in place."""
+
+    def __init__(self, cluster: PrefectCluster, state: str) -> None:
+        self.cluster = cluster
+        self.state = state
+        self.restarts = 0
+        self.exp = self._start()
+
+    def _start(self) -> Exporter:
+        name = "exporter-redis" + (f"-{self.restarts}" if self.restarts else "")
+        return Exporter(self.cluster.replicas[0], task_runs=True, name=name,
+                        extra_args=["--redis-url", self.cluster.redis.url(0),
+                                    "--state-file", self.state, "--snapshot-interval", "2s"])
+
+    def kill_and_restart(self) -> None:
+        """SIGKILL (no last snapshot, nothing acknowledged since the last one), then start
+        again from the state file."""
+        self.exp.proc.kill()
+        self.exp.proc.wait(timeout=15)
+        self.restarts += 1
+        self.exp = self._start()
+        self.exp.wait_listening()
+        self.exp.wait_ready(60)
+
+
+@pytest.fixture(scope="module")
+def redis_exporter(cluster: PrefectCluster, tmp_path_factory):
+    """`run --prefect-api-url <replica 1>/api --redis-url <cluster's Redis> --task-runs
+    --state-file …`, started on the fresh cluster; it must exit 0 on SIGTERM at the end."""
+    holder = RedisExporter(cluster, str(tmp_path_factory.mktemp("redis-exporter") / "state.bin"))
+    try:
+        holder.exp.wait_listening()
+        log(f"exporter-redis ready after {holder.exp.wait_ready(60):.1f} s (listening on :{holder.exp.port})")
+        yield holder
+    finally:
+        exp = holder.exp
+        was_alive = exp.proc.poll() is None
+        rc = exp.stop()
+    if was_alive and rc != 0:
+        pytest.fail(f"{exp.name} exited {rc} on SIGTERM\n{exp.log_text(50)}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
-def _logs_on_failure(request, cluster, exporter):
-    """A failed test's report gets the exporter's stderr and every cluster process's log."""
-    artifacts(request).extend([exporter, *cluster.parts()])
+def _logs_on_failure(request, cluster, exporter, redis_exporter):
+    """A failed test's report gets the exporters' stderr and every cluster process's log."""
+    artifacts(request).extend([exporter, redis_exporter.exp, *cluster.parts()])
 
 
 def require(cond: bool, msg: str) -> None:
@@ -131,7 +179,7 @@ def plus(base: dict[str, int], extra: dict[str, int]) -> dict[str, int]:
 # ====================================================================== mixed
 
 
-def test_mixed_flows_on_replica2_exact_via_replica1(cluster, exporter, workloads):
+def test_mixed_flows_on_replica2_exact_via_replica1(cluster, exporter, redis_exporter, workloads):
     api1, api2 = cluster.replicas
     fresh = api1.rest.count("flow_runs") == 0 and api1.rest.count("task_runs") == 0
     require(fresh, "the cluster is fresh (this test runs first in the module)")
@@ -166,6 +214,23 @@ def test_mixed_flows_on_replica2_exact_via_replica1(cluster, exporter, workloads
         "mixed flows on replica 2, exporter on replica 1: flow_runs and task_runs (totals and entries)",
         context=exporter_context(exporter),
     )
+    redis_exp = redis_exporter.exp
+    _, redis_took = wait_until_equal(
+        lambda: exporter_view(redis_exp.counts(), BOTH, entries=True),
+        lambda: truth_view(api1, BOTH, entries=True),
+        EQUALITY_TIMEOUT,
+        "mixed flows on replica 2, Redis-source exporter: flow_runs and task_runs (totals and entries)",
+        context=exporter_context(redis_exp),
+    )
+    redis_counts = redis_exp.counts()
+    assert redis_counts["stream"]["source"] == "redis", redis_counts["stream"]
+    assert exporter.counts()["stream"]["source"] == "websocket"
+    summary(
+        f"TOPOLOGY-MIXED-REDIS: Redis-source exporter == REST and stored events {redis_took:.1f} s after "
+        f"the websocket one; repaired={int(redis_exp.metric_sum(REPAIRED))} "
+        f"gaps={int(redis_exp.metric_sum('prefect_exporter_backfill_gaps_total'))} "
+        f"events_received={redis_counts['events'].get('received')}"
+    )
     counts = exporter.counts()
     summary(
         f"TOPOLOGY-MIXED: exporter == REST and stored events {took:.1f} s after quiescence "
@@ -178,7 +243,7 @@ def test_mixed_flows_on_replica2_exact_via_replica1(cluster, exporter, workloads
 # ====================================================================== burst
 
 
-def test_burst_on_replica2_exact_via_replica1(cluster, exporter, workloads, tmp_path):
+def test_burst_on_replica2_exact_via_replica1(cluster, exporter, redis_exporter, workloads, tmp_path):
     api1, api2 = cluster.replicas
     flows_n, tasks_n = 8, 150
 
@@ -208,9 +273,20 @@ def test_burst_on_replica2_exact_via_replica1(cluster, exporter, workloads, tmp_
         return all((tmp_path / f"ready{i}").exists() for i in range(flows_n))
 
     wait_for(all_ready, 180, "burst processes at the barrier", 0.1)
+    redis_before = redis_exporter.exp.counts()["events"].get("received", 0)
     go.touch()
     t_go = time.monotonic()
     deadline = t_go + 240
+    # The Redis-source exporter is killed with SIGKILL once it has taken in 500 events of
+    # the burst (or when the burst ends first) and restarted from its state file.
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if redis_exporter.exp.counts()["events"].get("received", 0) - redis_before >= 500:
+            break
+        time.sleep(0.05)
+    killed_mid_burst = any(p.poll() is None for p in procs)
+    redis_exporter.kill_and_restart()
+    log(f"exporter-redis killed {'mid-burst' if killed_mid_burst else 'after the burst'} "
+        f"{time.monotonic() - t_go:.1f} s after go, restarted from its state file")
     while any(p.poll() is None for p in procs):
         if time.monotonic() > deadline:
             pytest.fail("burst flows still running after 240 s", pytrace=False)
@@ -305,4 +381,25 @@ def test_burst_on_replica2_exact_via_replica1(cluster, exporter, workloads, tmp_
     late_by = t_exact - max(t_last, t_truth)
     assert late_by <= EXACT_WITHIN, (
         f"exact only {late_by:.1f} s after the last flow finished / the truth settled (limit {EXACT_WITHIN} s)"
+    )
+
+    # The Redis-source exporter, killed and restarted during the burst, against the same
+    # settled truth: totals and entries of both kinds (an event counted twice would show in
+    # the entries; one lost, in the totals and entries).
+    redis_exp = redis_exporter.exp
+    _, redis_took = wait_until_equal(
+        lambda: exporter_view(redis_exp.counts(), BOTH, entries=True),
+        lambda: truth_view(api1, BOTH, entries=True),
+        EQUALITY_TIMEOUT,
+        "burst, Redis-source exporter killed and restarted: flow_runs and task_runs (totals and entries)",
+        context=exporter_context(redis_exp),
+    )
+    redis_counts = redis_exp.counts()
+    summary(
+        f"TOPOLOGY-BURST-REDIS: killed {'mid-burst' if killed_mid_burst else 'after the burst'}, restarted, "
+        f"exact {redis_took:.1f} s after the websocket exporter; "
+        f"repaired={int(redis_exp.metric_sum(REPAIRED))} "
+        f"gaps={int(redis_exp.metric_sum('prefect_exporter_backfill_gaps_total'))} "
+        f"events_received={redis_counts['events'].get('received')} "
+        f"duplicates={redis_counts['events'].get('duplicates')}"
     )
