@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use crate::model::event::MAX_FRAME_BYTES;
 use crate::model::reject::RejectReason;
@@ -42,7 +42,7 @@ use crate::model::secret::{display_url, Credentials};
 use crate::model::time::{format_rfc3339, now_micros, Micros, SECOND};
 use crate::model::untrusted::{escape, SHOWN_CHARS};
 use crate::model::Error;
-use crate::source::backoff::{Backoff, AUTH_RETRY, HEALTHY_AFTER};
+use crate::source::backoff::Retry;
 use crate::source::connect::{self, Guarded};
 use crate::source::frame_guard::parse_marker;
 use crate::source::{Frame, StreamError, StreamObserver};
@@ -354,8 +354,11 @@ pub async fn run(
     observer: &dyn StreamObserver,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::default();
-    let mut last_error: Option<String> = None;
+    let mut retry = Retry::new(
+        "The Prefect server",
+        "The events stream",
+        display_url(&config.api_url),
+    );
     let mut first = true;
     while !shutdown.is_cancelled() {
         let now = now_micros();
@@ -374,42 +377,22 @@ pub async fn run(
         let outcome = match subscribed {
             Ok(mut subscription) => {
                 info!(since = %format_rfc3339(since), "Subscribed to the events stream.");
-                last_error = None;
+                retry.connected();
                 observer.connected();
                 let result = pump(&mut subscription, &frames, config.idle_timeout, &shutdown).await;
-                if started.elapsed() >= HEALTHY_AFTER {
-                    backoff.reset();
-                }
+                retry.lasted(started.elapsed());
                 result.map_err(|e| (e, true))
             }
             Err(e) => Err((e, false)),
         };
-        let delay = match outcome {
+        match outcome {
             Ok(()) => break,
             Err((error, was_connected)) => {
                 observer.disconnected(&error, was_connected);
-                let text = error.to_string();
-                let repeated = last_error.as_deref() == Some(text.as_str());
-                let delay = if let StreamError::Auth(_) = &error {
-                    if !repeated {
-                        error!(error = %error, retry_in_seconds = AUTH_RETRY.as_secs(), "The Prefect server refused the credentials.");
-                    }
-                    AUTH_RETRY
-                } else {
-                    if repeated {
-                        debug!(error = %error, retry_in_ms = backoff.current().as_millis() as u64, "The events stream is still unavailable; reconnecting.");
-                    } else {
-                        warn!(error = %error, retry_in_ms = backoff.current().as_millis() as u64, "Events stream ended; reconnecting.");
-                    }
-                    backoff.next_delay()
-                };
-                last_error = Some(text);
-                delay
+                if !retry.wait_after(&error, &shutdown).await {
+                    break;
+                }
             }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(delay) => {}
         }
     }
 }

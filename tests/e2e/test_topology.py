@@ -169,6 +169,25 @@ def exporter_context(exp: Exporter):
     return ctx
 
 
+def redis_exact(api1, redis_exp: Exporter, what: str) -> tuple[dict, float, str]:
+    """Waits until the Redis-source exporter equals replica 1's truth (totals and entries of
+    both kinds); returns its counts, the seconds waited and a summary of its own metrics."""
+    _, took = wait_until_equal(
+        lambda: exporter_view(redis_exp.counts(), BOTH, entries=True),
+        lambda: truth_view(api1, BOTH, entries=True),
+        EQUALITY_TIMEOUT,
+        f"{what}, Redis-source exporter: flow_runs and task_runs (totals and entries)",
+        context=exporter_context(redis_exp),
+    )
+    counts = redis_exp.counts()
+    assert counts["stream"]["source"] == "redis", counts["stream"]
+    metrics = (f"repaired={int(redis_exp.metric_sum(REPAIRED))} "
+               f"gaps={int(redis_exp.metric_sum('prefect_exporter_backfill_gaps_total'))} "
+               f"events_received={counts['events'].get('received')} "
+               f"duplicates={counts['events'].get('duplicates')}")
+    return counts, took, metrics
+
+
 def plus(base: dict[str, int], extra: dict[str, int]) -> dict[str, int]:
     out = dict(base)
     for k, v in extra.items():
@@ -214,23 +233,10 @@ def test_mixed_flows_on_replica2_exact_via_replica1(cluster, exporter, redis_exp
         "mixed flows on replica 2, exporter on replica 1: flow_runs and task_runs (totals and entries)",
         context=exporter_context(exporter),
     )
-    redis_exp = redis_exporter.exp
-    _, redis_took = wait_until_equal(
-        lambda: exporter_view(redis_exp.counts(), BOTH, entries=True),
-        lambda: truth_view(api1, BOTH, entries=True),
-        EQUALITY_TIMEOUT,
-        "mixed flows on replica 2, Redis-source exporter: flow_runs and task_runs (totals and entries)",
-        context=exporter_context(redis_exp),
-    )
-    redis_counts = redis_exp.counts()
-    assert redis_counts["stream"]["source"] == "redis", redis_counts["stream"]
+    _, redis_took, redis_metrics = redis_exact(api1, redis_exporter.exp, "mixed flows on replica 2")
     assert exporter.counts()["stream"]["source"] == "websocket"
-    summary(
-        f"TOPOLOGY-MIXED-REDIS: Redis-source exporter == REST and stored events {redis_took:.1f} s after "
-        f"the websocket one; repaired={int(redis_exp.metric_sum(REPAIRED))} "
-        f"gaps={int(redis_exp.metric_sum('prefect_exporter_backfill_gaps_total'))} "
-        f"events_received={redis_counts['events'].get('received')}"
-    )
+    summary(f"TOPOLOGY-MIXED-REDIS: Redis-source exporter == REST and stored events {redis_took:.1f} s after "
+            f"the websocket one; {redis_metrics}")
     counts = exporter.counts()
     summary(
         f"TOPOLOGY-MIXED: exporter == REST and stored events {took:.1f} s after quiescence "
@@ -386,20 +392,6 @@ def test_burst_on_replica2_exact_via_replica1(cluster, exporter, redis_exporter,
     # The Redis-source exporter, killed and restarted during the burst, against the same
     # settled truth: totals and entries of both kinds (an event counted twice would show in
     # the entries; one lost, in the totals and entries).
-    redis_exp = redis_exporter.exp
-    _, redis_took = wait_until_equal(
-        lambda: exporter_view(redis_exp.counts(), BOTH, entries=True),
-        lambda: truth_view(api1, BOTH, entries=True),
-        EQUALITY_TIMEOUT,
-        "burst, Redis-source exporter killed and restarted: flow_runs and task_runs (totals and entries)",
-        context=exporter_context(redis_exp),
-    )
-    redis_counts = redis_exp.counts()
-    summary(
-        f"TOPOLOGY-BURST-REDIS: killed {'mid-burst' if killed_mid_burst else 'after the burst'}, restarted, "
-        f"exact {redis_took:.1f} s after the websocket exporter; "
-        f"repaired={int(redis_exp.metric_sum(REPAIRED))} "
-        f"gaps={int(redis_exp.metric_sum('prefect_exporter_backfill_gaps_total'))} "
-        f"events_received={redis_counts['events'].get('received')} "
-        f"duplicates={redis_counts['events'].get('duplicates')}"
-    )
+    _, redis_took, redis_metrics = redis_exact(api1, redis_exporter.exp, "burst, killed and restarted")
+    summary(f"TOPOLOGY-BURST-REDIS: killed {'mid-burst' if killed_mid_burst else 'after the burst'}, restarted, "
+            f"exact {redis_took:.1f} s after the websocket exporter; {redis_metrics}")

@@ -22,8 +22,9 @@ const GROUP: &str = "prefect-events-exporter";
 /// A throwaway `redis-server`; killed on drop.
 struct Redis {
     child: Child,
+    port: u16,
     url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Redis {
@@ -47,36 +48,68 @@ impl Redis {
                 .local_addr()
                 .unwrap()
                 .port();
-            let mut child = Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--save", "", "--appendonly", "no", "--dir"])
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server");
-            let url = format!("redis://127.0.0.1:{port}/0");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                let ping = redis::Client::open(url.as_str())
-                    .and_then(|c| c.get_connection())
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-                if ping.is_ok() {
-                    return Some(Redis {
-                        child,
-                        url,
-                        _dir: dir,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if let Some(child) = Redis::spawn(port, dir.path()) {
+                return Some(Redis {
+                    child,
+                    port,
+                    url: format!("redis://127.0.0.1:{port}/0"),
+                    dir,
+                });
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("redis-server did not start on a free port in 5 attempts");
+    }
+
+    /// `redis-server` on `port` without persistence, once it answers `PING`.
+    fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            let ping = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if ping.is_ok() {
+                return Some(child);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Kills the server.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port: like a real restart without persistence, every key
+    /// (the stream, the group) is gone.
+    fn restart(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = Redis::spawn(self.port, self.dir.path()) {
+                self.child = child;
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on its port"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn conn(&self) -> redis::Connection {
@@ -366,4 +399,50 @@ fn a_bad_redis_url_is_refused_without_showing_its_password() {
         "--redis-url",
     );
     assert!(!line.contains("hunter22"), "{line}");
+}
+
+/// Polls until `check` holds for the service's `/readyz` status and counts document.
+fn wait_until(service: &Service, what: &str, check: impl Fn(u16, &Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = service.get("/readyz");
+        let doc = counts(service);
+        if check(ready.status, &doc) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: /readyz {} {}, stream {}",
+            ready.status,
+            ready.body,
+            doc["stream"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn losing_redis_makes_the_exporter_unready_and_a_restart_that_lost_the_stream_is_one_gap() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let entries = redis.add_events("synthetic-self-transitions.jsonl").len() as u64;
+    let service = exporter(&redis, &[]);
+    wait_received(&service, entries, "before the loss");
+    redis.kill();
+    wait_until(&service, "Redis down", |status, doc| {
+        status == 503 && doc["stream"]["connected"] == false
+    });
+    let reason = service.get("/readyz").body;
+    assert!(reason.contains("events stream"), "{reason}");
+    redis.restart();
+    wait_until(&service, "Redis back", |status, doc| {
+        status == 200 && doc["stream"]["connected"] == true
+    });
+    assert!(counts(&service)["stream"]["reconnects"].as_u64().unwrap() >= 1);
+    assert_eq!(gaps(&service), 1.0, "the group vanished with Redis's data");
+    let more = redis.add_events("synthetic-duplicates.jsonl").len() as u64;
+    wait_received(&service, entries + more, "after the restart");
+    assert_eq!(gaps(&service), 1.0);
+    assert!(service.terminate().success());
 }

@@ -30,12 +30,12 @@ use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::model::reject::RejectReason;
 use crate::model::secret::{display_url, Secret};
 use crate::model::time::{Micros, SECOND};
-use crate::source::backoff::{Backoff, AUTH_RETRY, HEALTHY_AFTER};
+use crate::source::backoff::Retry;
 use crate::source::{Frame, StreamError, StreamObserver};
 use reply::{Entry, StreamId};
 
@@ -373,8 +373,7 @@ pub async fn run(
         unacked: VecDeque::new(),
         next_token: 1,
     };
-    let mut backoff = Backoff::default();
-    let mut last_error: Option<String> = None;
+    let mut retry = Retry::new("Redis", "The Redis stream", shown.clone());
     while !shutdown.is_cancelled() && !frames.is_closed() {
         let started = Instant::now();
         let mut was_connected = false;
@@ -389,7 +388,7 @@ pub async fn run(
             session.ensure_group(&position).await?;
             session.claim_pending(&mut position).await?;
             info!(redis = %shown, stream = %config.stream, group = %config.group, "Reading the Redis stream.");
-            last_error = None;
+            retry.connected();
             observer.connected();
             was_connected = true;
             session.read(&mut position, &durable, &shutdown).await
@@ -398,34 +397,11 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             outcome = outcome => outcome,
         };
-        let error = match outcome {
-            Ok(()) => break,
-            Err(error) => error,
-        };
-        if started.elapsed() >= HEALTHY_AFTER {
-            backoff.reset();
-        }
+        let Err(error) = outcome else { break };
+        retry.lasted(started.elapsed());
         observer.disconnected(&error, was_connected);
-        let text = error.to_string();
-        let repeated = last_error.as_deref() == Some(text.as_str());
-        let delay = if let StreamError::Auth(_) = &error {
-            if !repeated {
-                error!(redis = %shown, error = %error, retry_in_seconds = AUTH_RETRY.as_secs(), "Redis refused the credentials.");
-            }
-            AUTH_RETRY
-        } else {
-            let retry_in_ms = backoff.current().as_millis() as u64;
-            if repeated {
-                debug!(redis = %shown, error = %error, retry_in_ms, "Redis is still unavailable; reconnecting.");
-            } else {
-                warn!(redis = %shown, error = %error, retry_in_ms, "Reading the Redis stream failed; reconnecting.");
-            }
-            backoff.next_delay()
-        };
-        last_error = Some(text);
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(delay) => {}
+        if !retry.wait_after(&error, &shutdown).await {
+            break;
         }
     }
 }
