@@ -8,7 +8,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-use crate::source::StreamError;
+use crate::source::{StreamError, StreamObserver};
 
 /// Backoff bounds for ordinary failures.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -89,9 +89,17 @@ impl Retry {
         }
     }
 
-    /// Logs `error` (once per distinct error) and waits before the next attempt; `false`
-    /// when `shutdown` came first.
-    pub async fn wait_after(&mut self, error: &StreamError, shutdown: &CancellationToken) -> bool {
+    /// Reports `error` to `observer` (the connection had been up: `was_connected`), logs it
+    /// (once per distinct error) and waits before the next attempt; `false` when `shutdown`
+    /// came first.
+    pub async fn wait_after(
+        &mut self,
+        error: &StreamError,
+        was_connected: bool,
+        observer: &dyn StreamObserver,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        observer.disconnected(error, was_connected);
         let text = error.to_string();
         let repeated = self.last_error.as_deref() == Some(text.as_str());
         let (server, stream, at) = (self.server, self.stream, &self.at);

@@ -388,8 +388,10 @@ pub async fn run(
         match outcome {
             Ok(()) => break,
             Err((error, was_connected)) => {
-                observer.disconnected(&error, was_connected);
-                if !retry.wait_after(&error, &shutdown).await {
+                if !retry
+                    .wait_after(&error, was_connected, observer, &shutdown)
+                    .await
+                {
                     break;
                 }
             }

@@ -399,8 +399,10 @@ pub async fn run(
         };
         let Err(error) = outcome else { break };
         retry.lasted(started.elapsed());
-        observer.disconnected(&error, was_connected);
-        if !retry.wait_after(&error, &shutdown).await {
+        if !retry
+            .wait_after(&error, was_connected, observer, &shutdown)
+            .await
+        {
             break;
         }
     }
