@@ -266,8 +266,8 @@ pub async fn run(
             message: e.to_string(),
         },
     )?;
-    let redis = redis_config(&server)?;
     let prefixes = RunKind::subscribed_prefixes(settings.engine.state.track_task_runs);
+    let redis = redis_config(&server, &prefixes)?;
     let mut pipeline = Pipeline::new(settings.engine.clone());
     // A restored state file with a baseline carries it with the counts: no new baseline.
     let needs_baseline = |opened: &Opened| server.bootstrap && opened.baseline.is_none();
@@ -398,7 +398,7 @@ pub async fn run(
 }
 
 /// The Redis stream to read, if `--redis-url` or Prefect's own variables name one.
-fn redis_config(server: &ServerSettings) -> Result<Option<RedisConfig>> {
+fn redis_config(server: &ServerSettings, prefixes: &[&'static str]) -> Result<Option<RedisConfig>> {
     let bad = |e: TargetError| Error::Config {
         flag: "--redis-url",
         message: e.to_string(),
@@ -415,6 +415,7 @@ fn redis_config(server: &ServerSettings) -> Result<Option<RedisConfig>> {
         url,
         stream: server.redis.stream.clone(),
         group: server.redis.group.clone(),
+        prefixes: prefixes.to_vec(),
     }))
 }
 

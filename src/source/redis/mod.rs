@@ -1,7 +1,9 @@
 //! Prefect's Redis `events` stream (prefect-redis messaging) as a source of raw frames, read
 //! through a consumer group of the exporter's own.
 //!
-//! Each entry's `data` field is the event JSON, handed to the pipeline as it is. Per
+//! Each entry's `data` field is the event JSON, handed to the pipeline as it is; entries whose
+//! `attributes` name an event outside the tracked run kinds (blocks, flows, other resources)
+//! are acknowledged without being handed on, as the websocket's filter leaves them out. Per
 //! connection: `XINFO GROUPS`; the group is created with `XGROUP CREATE … MKSTREAM` where the
 //! exporter left off (the last entry it saw, or the state file's resume point less an
 //! overlap; the stream start `0` on first use); then `XAUTOCLAIM` hands the consumer every
@@ -64,6 +66,9 @@ pub struct RedisConfig {
     pub stream: String,
     /// The consumer group.
     pub group: String,
+    /// Event-name prefixes to hand on (those the websocket would subscribe to); entries whose
+    /// `attributes` name another event are acknowledged without being decoded.
+    pub prefixes: Vec<&'static str>,
 }
 
 /// What the source remembers across reconnects.
@@ -268,6 +273,15 @@ impl Session<'_> {
         }
         let mut ids = Vec::with_capacity(entries.len());
         for entry in entries {
+            position.last_seen = Some(position.last_seen.map_or(entry.id, |l| l.max(entry.id)));
+            ids.push(entry.id);
+            let wanted = entry
+                .event
+                .as_deref()
+                .is_none_or(|name| self.config.prefixes.iter().any(|p| name.starts_with(p)));
+            if !wanted {
+                continue;
+            }
             let frame = match entry.data {
                 Some(bytes) => Frame::Data(bytes),
                 None => Frame::Rejected {
@@ -278,8 +292,6 @@ impl Session<'_> {
             if self.frames.send(frame).await.is_err() {
                 return Ok(());
             }
-            position.last_seen = Some(position.last_seen.map_or(entry.id, |l| l.max(entry.id)));
-            ids.push(entry.id);
         }
         let token = position.next_token;
         position.next_token += 1;

@@ -47,13 +47,27 @@ impl fmt::Display for StreamId {
     }
 }
 
-/// One entry: its id and its `data` field (`None` when it has none).
+/// One entry: its id, its `data` field (`None` when it has none) and the event name of its
+/// `attributes` field (`None` when it has none that parses).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     /// The entry's id.
     pub id: StreamId,
     /// The `data` field: the event JSON.
     pub data: Option<Bytes>,
+    /// `attributes.event`: the event's name, as the publisher wrote it beside the data.
+    pub event: Option<String>,
+}
+
+/// The `event` of an `attributes` field (`{"id": …, "event": …}`).
+fn attributes_event(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Attributes {
+        event: String,
+    }
+    serde_json::from_slice::<Attributes>(bytes)
+        .ok()
+        .map(|a| a.event)
 }
 
 /// A reply that does not have the shape the command documents.
@@ -128,17 +142,19 @@ fn entries(command: &'static str, value: Value) -> Result<Vec<Entry>, ReplyError
             .as_ref()
             .and_then(id_of)
             .ok_or_else(|| bad(command, "an entry without an id"))?;
-        let mut data = None;
+        let (mut data, mut event) = (None, None);
         if let Some(fields) = parts.next().and_then(pairs) {
             for (field, value) in fields {
-                if text(&field) == Some(b"data".as_slice()) {
-                    if let Value::BulkString(bytes) = value {
-                        data = Some(Bytes::from(bytes));
+                match (text(&field), value) {
+                    (Some(b"data"), Value::BulkString(bytes)) => data = Some(Bytes::from(bytes)),
+                    (Some(b"attributes"), value) => {
+                        event = text(&value).and_then(attributes_event);
                     }
+                    _ => {}
                 }
             }
         }
-        out.push(Entry { id, data });
+        out.push(Entry { id, data, event });
     }
     Ok(out)
 }
@@ -331,7 +347,7 @@ mod tests {
                 bulk("data"),
                 bulk("{}"),
                 bulk("attributes"),
-                bulk("{}"),
+                bulk(r#"{"id":"x","event":"prefect.flow-run.Running"}"#),
             ]),
         ]);
         let no_data = Value::Array(vec![bulk("2-0"), Value::Array(vec![bulk("x"), bulk("y")])]);
@@ -343,10 +359,12 @@ mod tests {
             Entry {
                 id: id("1-0"),
                 data: Some(Bytes::from_static(b"{}")),
+                event: Some("prefect.flow-run.Running".to_owned()),
             },
             Entry {
                 id: id("2-0"),
                 data: None,
+                event: None,
             },
         ];
         assert_eq!(read_group(resp2).unwrap(), expected);
