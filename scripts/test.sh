@@ -20,6 +20,10 @@ step "Python test environment (pinned, cached under target/pyenv)"
 PREFECT_EXPORTER_TEST_PYTHON=$(bash scripts/python-env.sh)
 export PREFECT_EXPORTER_TEST_PYTHON
 
+step "services for the Redis integration tests and the topology tests: Redis and PostgreSQL (installed when missing, never left running)"
+PREFECT_E2E_PG_BIN=$(bash scripts/install-test-services.sh)
+export PREFECT_E2E_PG_BIN
+
 step "cargo test"
 cargo test
 
@@ -31,10 +35,6 @@ cargo build --release
 
 step "Prometheus server for the end-to-end tests (Debian's prometheus package; once)"
 bash scripts/install-prometheus.sh
-
-step "services for the topology tests: Redis and PostgreSQL (installed when missing, never left running)"
-PREFECT_E2E_PG_BIN=$(bash scripts/install-test-services.sh)
-export PREFECT_E2E_PG_BIN
 
 step "end-to-end tests: real Prefect 3.9.1 server and flows (SQLite; PostgreSQL + Redis + 2 API replicas), Prefect's client vs serve-replay, a real Prometheus"
 PREFECT_EXPORTER_BIN="$PWD/target/release/prefect-events-exporter" \

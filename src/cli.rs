@@ -17,8 +17,8 @@ use crate::model::group_by::GroupBy;
 use crate::model::secret::{Credentials, Secret};
 use crate::model::time::{micros, parse_duration, HumanDuration};
 use crate::run::settings::{
-    ApiSettings, OutputFormat as Output, RecordSettings, ReplaySettings, RunSettings,
-    ServerSettings, SourceSettings, StateFileSettings,
+    ApiSettings, OutputFormat as Output, RecordSettings, RedisSettings, ReplaySettings,
+    RunSettings, ServerSettings, SourceSettings, StateFileSettings,
 };
 use crate::state::StateConfig;
 use crate::web::api::WebSettings;
@@ -419,6 +419,24 @@ pub struct RunArgs {
     #[command(flatten)]
     pub server: ServerArgs,
 
+    /// Read events from Prefect's Redis messaging stream (prefect-redis) at this URL
+    /// (`redis://[user:password@]host:port/db`, `rediss://` for TLS) instead of the
+    /// websocket; REST still gives the baseline, verification and reconciliation. Without it,
+    /// Prefect's own PREFECT_REDIS_MESSAGING_HOST/_PORT/_DB/_USERNAME/_PASSWORD/_SSL are used
+    /// when host, port or db is set. Never logged.
+    #[arg(long, env = "PREFECT_REDIS_MESSAGING_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// The Redis stream Prefect publishes events to.
+    #[arg(long, env = "PREFECT_EXPORTER_REDIS_STREAM", default_value = "events", value_parser = parse_redis_name)]
+    pub redis_stream: String,
+
+    /// The exporter's own consumer group on the stream: one per exporter (replicas for high
+    /// availability each need their own). Must not start with `ephemeral` (Prefect deletes
+    /// those groups).
+    #[arg(long, env = "PREFECT_EXPORTER_REDIS_GROUP", default_value = "prefect-events-exporter", value_parser = parse_redis_group)]
+    pub redis_group: String,
+
     /// Counting options.
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -433,6 +451,11 @@ impl RunArgs {
                 verify_interval: self.verify_interval,
                 verify_settle: self.verify_settle,
                 bootstrap: !self.no_bootstrap,
+                redis: RedisSettings {
+                    url: self.redis_url.filter(|u| !u.expose().is_empty()),
+                    stream: self.redis_stream,
+                    group: self.redis_group,
+                },
             })
         } else {
             SourceSettings::Replay(self.replay)
@@ -583,6 +606,30 @@ fn parse_group_by(text: &str) -> Result<GroupByList, BadValue> {
 fn parse_api_url(text: &str) -> Result<String, crate::model::Error> {
     crate::source::ws::events_url(text)?;
     Ok(text.trim_end_matches('/').to_owned())
+}
+
+/// A stream or group name: not empty, no whitespace or control characters.
+fn parse_redis_name(text: &str) -> Result<String, BadValue> {
+    if text.is_empty() {
+        return Err(BadValue("must not be empty".to_owned()));
+    }
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(BadValue(
+            "must not contain spaces or control characters".to_owned(),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+/// A consumer group name: Prefect deletes groups named `ephemeral…` when they are empty.
+fn parse_redis_group(text: &str) -> Result<String, BadValue> {
+    let name = parse_redis_name(text)?;
+    if name.starts_with("ephemeral") {
+        return Err(BadValue(
+            "must not start with 'ephemeral' (Prefect deletes such groups)".to_owned(),
+        ));
+    }
+    Ok(name)
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, BadValue> {

@@ -266,7 +266,7 @@ impl ExporterDefs {
             ),
             backfill_gaps: Def::new(
                 "prefect_exporter_backfill_gaps_total",
-                "Stream outages longer than the server's 15-minute backfill.",
+                "Stream outages longer than the server's 15-minute backfill, or Redis stream entries lost before they were read.",
                 Kind::Counter,
                 &[],
             ),

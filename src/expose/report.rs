@@ -81,6 +81,8 @@ pub struct EventsReport {
 /// Source connection.
 #[derive(Debug, Serialize)]
 pub struct StreamReport {
+    /// Where events come from: `websocket`, `redis` or `replay`.
+    pub source: &'static str,
     /// Whether a live stream is subscribed.
     pub connected: bool,
     /// Newest `occurred` applied.
@@ -108,6 +110,7 @@ impl CountsReport {
             task_runs: task.as_ref().map(KindReport::from_counts),
             events: EventsReport::from_counts(&events),
             stream: StreamReport {
+                source: status.source(),
                 connected: status.connected(),
                 last_event_occurred: events.last_occurred.map(format_rfc3339),
                 reconnects: status.reconnects(),

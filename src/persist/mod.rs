@@ -246,6 +246,18 @@ impl Snapshotter {
         self.send(Job::Changes((self.changes(pipeline), None)));
     }
 
+    /// Hands over changes for the next write like [`Snapshotter::snapshot`], and answers
+    /// once they are on disk (or the write failed): what a source that acknowledges entries
+    /// only when they are durable waits for.
+    pub fn snapshot_confirmed(
+        &self,
+        pipeline: &mut Pipeline,
+    ) -> tokio::sync::oneshot::Receiver<io::Result<u64>> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.send(Job::Flush((self.changes(pipeline), None), done));
+        wait
+    }
+
     /// [`Snapshotter::snapshot`] in `run --replay`, with how far the files have been read.
     pub fn snapshot_replay(&self, pipeline: &mut Pipeline, position: format::ReplayV1) {
         self.send(Job::Changes((self.changes(pipeline), Some(position))));

@@ -1,15 +1,18 @@
-//! Live mode of `run`: the REST baseline, the websocket source, the pipeline task, and the
+//! Live mode of `run`: the REST baseline, the stream source (Prefect's websocket, or its
+//! Redis `events` stream through a consumer group), the pipeline task, and the
 //! reconciliation and verification loops, wired together and stopped by one token.
 //!
 //! Order at start: HTTP first (so `/healthz` answers and `/readyz` explains the wait), then
-//! the baseline (retried until the server answers), then the stream from the baseline time
-//! minus the resume overlap. The socket reader only forwards frames into a bounded channel;
-//! one task owns the pipeline and applies frames in batches.
+//! the baseline (retried until the server answers), then the stream (the websocket from the
+//! baseline time minus the resume overlap; Redis from the group's position). The reader only
+//! forwards frames into a bounded channel; one task owns the pipeline and applies frames in
+//! batches, and tells a Redis source which entries are durable, so it acknowledges only
+//! those.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -24,6 +27,8 @@ use crate::prefect::reconcile::Reconciler;
 use crate::prefect::verify::{RepairBatch, Verifier, VerifyConfig};
 use crate::run::service::{Ingested, Service, Tasks};
 use crate::run::settings::{RunSettings, ServerSettings};
+use crate::source::redis::target::{self, TargetError};
+use crate::source::redis::{self as redis_source, RedisConfig};
 use crate::source::ws::{self, WsConfig, RESUME_OVERLAP, SERVER_BACKFILL};
 use crate::source::{Frame, StreamError, StreamObserver};
 use crate::state::status::Status;
@@ -150,14 +155,36 @@ async fn seed_runs(api: &PrefectApi, pipeline: &mut Pipeline, kinds: &[RunKind])
     }
 }
 
+/// Publishes the newest [`Frame::Delivered`] token whose frames are durable.
+struct Acks {
+    durable: watch::Sender<u64>,
+    applied: u64,
+}
+
+impl Acks {
+    /// Raises the durable token to `token` (never lowers it).
+    fn publish(durable: &watch::Sender<u64>, token: u64) {
+        durable.send_if_modified(|done| {
+            let newer = token > *done;
+            if newer {
+                *done = token;
+            }
+            newer
+        });
+    }
+}
+
 /// Applies frames and repairs until both channels close or `shutdown`, handing changes to
-/// the state-file writer every `snapshot_every`; hands the pipeline back at the end.
+/// the state-file writer every `snapshot_every`; hands the pipeline back at the end. With
+/// `acks` (a source that acknowledges), publishes which frames are durable: applied ones
+/// without a state file, those in a snapshot on disk with one.
 async fn pipeline_task(
     mut pipeline: Pipeline,
     mut frames: mpsc::Receiver<Frame>,
     mut repairs: mpsc::Receiver<RepairBatch>,
     snapshotter: Option<Snapshotter>,
     snapshot_every: Duration,
+    mut acks: Option<Acks>,
     shutdown: CancellationToken,
 ) -> Ingested {
     let mut batch: Vec<Frame> = Vec::with_capacity(BATCH);
@@ -168,8 +195,18 @@ async fn pipeline_task(
             biased;
             () = shutdown.cancelled() => break,
             _ = snapshots.tick(), if snapshotter.is_some() => {
-                if let Some(snapshotter) = &snapshotter {
-                    snapshotter.snapshot(&mut pipeline);
+                match (&snapshotter, &acks) {
+                    (Some(snapshotter), Some(acks)) => {
+                        let written = snapshotter.snapshot_confirmed(&mut pipeline);
+                        let (durable, token) = (acks.durable.clone(), acks.applied);
+                        tokio::spawn(async move {
+                            if let Ok(Ok(_)) = written.await {
+                                Acks::publish(&durable, token);
+                            }
+                        });
+                    }
+                    (Some(snapshotter), None) => snapshotter.snapshot(&mut pipeline),
+                    (None, _) => {}
                 }
             }
             Some(repair) = repairs.recv() => {
@@ -196,9 +233,17 @@ async fn pipeline_task(
                         Frame::Rejected { reason, bytes } => {
                             applying.reject(reason, usize::try_from(bytes).unwrap_or(usize::MAX));
                         }
+                        Frame::Delivered(token) => {
+                            if let Some(acks) = &mut acks {
+                                acks.applied = token;
+                            }
+                        }
                     }
                 }
                 applying.finish();
+                if let (None, Some(acks)) = (&snapshotter, &acks) {
+                    Acks::publish(&acks.durable, acks.applied);
+                }
             }
         }
     }
@@ -222,6 +267,7 @@ pub async fn run(
         },
     )?;
     let prefixes = RunKind::subscribed_prefixes(settings.engine.state.track_task_runs);
+    let redis = redis_config(&server, &prefixes)?;
     let mut pipeline = Pipeline::new(settings.engine.clone());
     // A restored state file with a baseline carries it with the counts: no new baseline.
     let needs_baseline = |opened: &Opened| server.bootstrap && opened.baseline.is_none();
@@ -244,12 +290,17 @@ pub async fn run(
     pipeline.enable_ledger(prefixes.clone());
     let shared = pipeline.shared();
     let status = service.status().clone();
+    status.set_source(if redis.is_some() {
+        "redis"
+    } else {
+        "websocket"
+    });
     let bootstrap_now = needs_baseline(&opened);
 
     let reconcile_now = Arc::new(Notify::new());
     let reconciler = Reconciler::new(api.clone(), shared.clone(), RECONCILE_SETTLE);
     let start = restored.unwrap_or_else(now_micros);
-    if let Some(resume) = restored {
+    if let (Some(resume), None) = (restored, &redis) {
         if now_micros().saturating_sub(resume) > SERVER_BACKFILL {
             warn!("The state file is older than the server's 15-minute backfill; the gap is closed by verification and reconciliation.");
             shared.count_backfill_gap();
@@ -277,6 +328,11 @@ pub async fn run(
         .state_file
         .as_ref()
         .map_or(Duration::MAX, |f| f.snapshot_interval);
+    let (durable_tx, durable_rx) = watch::channel(0u64);
+    let acks = redis.is_some().then(|| Acks {
+        durable: durable_tx,
+        applied: 0,
+    });
     let pipeline_stop = shutdown.clone();
     tasks.spawn(async move {
         let ingested = pipeline_task(
@@ -285,26 +341,45 @@ pub async fn run(
             repair_rx,
             snapshotter,
             snapshot_every,
+            acks,
             pipeline_stop,
         );
         Some(ingested.await)
     });
-    let ws_config = WsConfig {
-        api_url: server.api.url.clone(),
-        credentials: server.api.credentials.clone(),
-        prefixes,
-        idle_timeout: server.api.stream_idle_timeout,
-    };
     let observer = Observer {
         shared: shared.clone(),
         status: status.clone(),
         reconcile: reconcile_now.clone(),
     };
     let stream_stop = shutdown.clone();
-    tasks.spawn(async move {
-        ws::run(ws_config, start, frame_tx, &observer, stream_stop).await;
-        None
-    });
+    match redis {
+        Some(config) => {
+            tasks.spawn(async move {
+                redis_source::run(
+                    config,
+                    restored,
+                    frame_tx,
+                    durable_rx,
+                    &observer,
+                    stream_stop,
+                )
+                .await;
+                None
+            });
+        }
+        None => {
+            let ws_config = WsConfig {
+                api_url: server.api.url.clone(),
+                credentials: server.api.credentials.clone(),
+                prefixes,
+                idle_timeout: server.api.stream_idle_timeout,
+            };
+            tasks.spawn(async move {
+                ws::run(ws_config, start, frame_tx, &observer, stream_stop).await;
+                None
+            });
+        }
+    }
     let checks = Checks {
         api,
         shared,
@@ -320,6 +395,28 @@ pub async fn run(
     };
     checks.spawn(&mut tasks, &server, repair_tx, &shutdown);
     service.finish(tasks).await
+}
+
+/// The Redis stream to read, if `--redis-url` or Prefect's own variables name one.
+fn redis_config(server: &ServerSettings, prefixes: &[&'static str]) -> Result<Option<RedisConfig>> {
+    let bad = |e: TargetError| Error::Config {
+        flag: "--redis-url",
+        message: e.to_string(),
+    };
+    let url = match &server.redis.url {
+        Some(url) => url.clone(),
+        None => match target::from_prefect_env(|name| std::env::var(name).ok()).map_err(bad)? {
+            Some(url) => url,
+            None => return Ok(None),
+        },
+    };
+    target::check_url(&url).map_err(bad)?;
+    Ok(Some(RedisConfig {
+        url,
+        stream: server.redis.stream.clone(),
+        group: server.redis.group.clone(),
+        prefixes: prefixes.to_vec(),
+    }))
 }
 
 /// Reconciliation and verification, as background tasks of live mode.

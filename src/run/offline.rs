@@ -70,6 +70,7 @@ pub fn replay(settings: &ReplaySettings) -> Result<(String, String)> {
     };
     let shared = pipeline.shared();
     let status = Arc::new(Status::new());
+    status.set_source("replay");
     let report = CountsReport::build(&shared, &status);
     let output = match settings.output {
         OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",

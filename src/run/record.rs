@@ -67,6 +67,8 @@ async fn write_frames(
                     );
                     continue;
                 }
+                // Only a Redis source marks its batches; `record` reads the websocket.
+                Frame::Delivered(_) => continue,
             };
             if let Decoded::Event(event) = decode(&frame) {
                 let mut newest = progress.newest.lock();

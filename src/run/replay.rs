@@ -38,6 +38,7 @@ pub async fn run(
         &shutdown,
     )
     .await?;
+    service.status().set_source("replay");
     let loader = Loader {
         names: files.iter().map(|f| f.display().to_string()).collect(),
         files,

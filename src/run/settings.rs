@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ingest::PipelineConfig;
-use crate::model::secret::Credentials;
+use crate::model::secret::{Credentials, Secret};
 use crate::web::api::WebSettings;
 
 /// Settings of `run`.
@@ -43,6 +43,20 @@ pub struct ServerSettings {
     pub verify_settle: Duration,
     /// Take the REST baseline at start.
     pub bootstrap: bool,
+    /// Read events from Prefect's Redis stream instead of the websocket.
+    pub redis: RedisSettings,
+}
+
+/// Prefect's Redis messaging, when events are read from its stream.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `--redis-url`; without it, Prefect's `PREFECT_REDIS_MESSAGING_*` variables are read at
+    /// start, and without those the websocket is used.
+    pub url: Option<Secret>,
+    /// The stream (`events`).
+    pub stream: String,
+    /// The exporter's consumer group.
+    pub group: String,
 }
 
 /// A Prefect API: its URL and credentials, and how long its events stream may stay silent.

@@ -1,11 +1,14 @@
 //! Where raw frames come from. Every source yields frames as bytes and never decodes them;
-//! the pipeline does the rest: recorded JSONL files ([`replay`]) and Prefect's events
-//! websocket ([`ws`]). A live source reports its condition through a [`StreamObserver`] and
+//! the pipeline does the rest: recorded JSONL files ([`replay`]), Prefect's events
+//! websocket ([`ws`]) and Prefect's Redis `events` stream ([`redis`]), with the reconnect
+//! delay the live ones share ([`backoff`]). A live source reports its condition through a [`StreamObserver`] and
 //! its failures as [`StreamError`]s, whatever it reads from, and hands the pipeline
 //! [`Frame`]s: raw bytes, or a frame it had to read past without holding it.
 
+pub(crate) mod backoff;
 pub(crate) mod connect;
 pub(crate) mod frame_guard;
+pub(crate) mod redis;
 pub(crate) mod replay;
 pub(crate) mod ws;
 
@@ -29,6 +32,9 @@ pub enum Frame {
         /// Its size.
         bytes: u64,
     },
+    /// Every frame before this one of a source that acknowledges (Redis) is handed over:
+    /// once they are durable, the pipeline publishes this token back to the source.
+    Delivered(u64),
 }
 
 /// Why a subscription failed or ended.

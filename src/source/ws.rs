@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{info, warn};
 
 use crate::model::event::MAX_FRAME_BYTES;
 use crate::model::reject::RejectReason;
@@ -42,6 +42,7 @@ use crate::model::secret::{display_url, Credentials};
 use crate::model::time::{format_rfc3339, now_micros, Micros, SECOND};
 use crate::model::untrusted::{escape, SHOWN_CHARS};
 use crate::model::Error;
+use crate::source::backoff::Retry;
 use crate::source::connect::{self, Guarded};
 use crate::source::frame_guard::parse_marker;
 use crate::source::{Frame, StreamError, StreamObserver};
@@ -52,13 +53,6 @@ pub const RESUME_OVERLAP: Micros = 60 * SECOND;
 pub const SERVER_BACKFILL: Micros = 15 * 60 * SECOND;
 /// Time allowed for connect + auth.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-/// A connection that lived this long resets the backoff.
-const HEALTHY_AFTER: Duration = Duration::from_secs(60);
-/// Backoff bounds for ordinary failures.
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Retry period after an authentication failure.
-const AUTH_RETRY: Duration = Duration::from_secs(60);
 /// Most control frames (pings, pongs) accepted within [`CONTROL_WINDOW`]; Prefect sends one
 /// ping per 20 s.
 pub const CONTROL_BUDGET: u32 = 100;
@@ -360,8 +354,11 @@ pub async fn run(
     observer: &dyn StreamObserver,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = BACKOFF_MIN;
-    let mut last_error: Option<String> = None;
+    let mut retry = Retry::new(
+        "The Prefect server",
+        "The events stream",
+        display_url(&config.api_url),
+    );
     let mut first = true;
     while !shutdown.is_cancelled() {
         let now = now_micros();
@@ -380,44 +377,24 @@ pub async fn run(
         let outcome = match subscribed {
             Ok(mut subscription) => {
                 info!(since = %format_rfc3339(since), "Subscribed to the events stream.");
-                last_error = None;
+                retry.connected();
                 observer.connected();
                 let result = pump(&mut subscription, &frames, config.idle_timeout, &shutdown).await;
-                if started.elapsed() >= HEALTHY_AFTER {
-                    backoff = BACKOFF_MIN;
-                }
+                retry.lasted(started.elapsed());
                 result.map_err(|e| (e, true))
             }
             Err(e) => Err((e, false)),
         };
-        let delay = match outcome {
+        match outcome {
             Ok(()) => break,
             Err((error, was_connected)) => {
-                observer.disconnected(&error, was_connected);
-                let text = error.to_string();
-                let repeated = last_error.as_deref() == Some(text.as_str());
-                let delay = if let StreamError::Auth(_) = &error {
-                    if !repeated {
-                        error!(error = %error, retry_in_seconds = AUTH_RETRY.as_secs(), "The Prefect server refused the credentials.");
-                    }
-                    AUTH_RETRY
-                } else {
-                    if repeated {
-                        debug!(error = %error, retry_in_ms = backoff.as_millis() as u64, "The events stream is still unavailable; reconnecting.");
-                    } else {
-                        warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "Events stream ended; reconnecting.");
-                    }
-                    let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    jittered
-                };
-                last_error = Some(text);
-                delay
+                if !retry
+                    .wait_after(&error, was_connected, observer, &shutdown)
+                    .await
+                {
+                    break;
+                }
             }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(delay) => {}
         }
     }
 }

@@ -18,6 +18,7 @@ pub struct Status {
     connected: AtomicBool,
     reconnects: Mutex<BTreeMap<String, u64>>,
     repair_truncated: Mutex<BTreeMap<&'static str, u64>>,
+    source: Mutex<&'static str>,
 }
 
 impl Status {
@@ -40,6 +41,16 @@ impl Status {
     /// is.
     pub fn unready_reason(&self) -> Option<String> {
         self.unmet.lock().values().next().cloned()
+    }
+
+    /// Names where events come from (`websocket`, `redis`, `replay`).
+    pub fn set_source(&self, source: &'static str) {
+        *self.source.lock() = source;
+    }
+
+    /// Where events come from (empty until set).
+    pub fn source(&self) -> &'static str {
+        *self.source.lock()
     }
 
     /// Whether a stream is subscribed now.

@@ -49,10 +49,13 @@ class Watch:
         return max(self.t_events, self.t_rest) if self.t_events and self.t_rest else None
 
 
-def start_burst(workloads: Callable, api, tmp_path: Path, flows: int, tasks: int) -> Burst:
+def start_burst(workloads: Callable, api, tmp_path: Path, flows: int, tasks: int,
+                during: Optional[Callable[[Callable[[], bool]], None]] = None) -> Burst:
     """Runs `flows` burst flow processes of `tasks` tasks each against `api`: every process
     imports Prefect and creates its flow run, then waits at a barrier; one file releases
-    them together. Returns once all have exited successfully."""
+    them together. `during`, if given, is called once they are released, with a function
+    that tells whether any is still running (to act mid-burst). Returns once all have exited
+    successfully."""
     go = tmp_path / "go"
     procs = [
         workloads(api, "burst", "--tasks", str(tasks), "--ready-file", str(tmp_path / f"ready{i}"),
@@ -70,6 +73,8 @@ def start_burst(workloads: Callable, api, tmp_path: Path, flows: int, tasks: int
     go.touch()
     t_go = time.monotonic()
     deadline = t_go + 240
+    if during is not None:
+        during(lambda: any(p.poll() is None for p in procs) and time.monotonic() < deadline)
     while any(p.poll() is None for p in procs):
         if time.monotonic() > deadline:
             pytest.fail("burst flows still running after 240 s", pytrace=False)

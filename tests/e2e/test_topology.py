@@ -7,7 +7,12 @@ the exporter sees crossed Redis from the other replica. Truth is replica 1's RES
 (`/flow_runs/filter`, `/task_runs/filter`, all pages, cross-checked with `/count`) and the
 events the services process stored (`/events/count-by/event`), never the exporter's output.
 
-One cluster and one exporter for the module: the exporter starts on the fresh cluster, so its
+A second exporter reads the same events from Redis instead (`--redis-url`, its own consumer
+group on the `events` stream, a state file): it must be exact against the same truth, and it
+is killed with SIGKILL mid-burst and restarted from its state file without losing or double
+counting anything (its unacknowledged entries are claimed again and deduplicated).
+
+One cluster and these two exporters for the module: both start on the fresh cluster, so their
 entries compare with every stored state event through both tests.
 """
 
@@ -97,10 +102,74 @@ def exporter(cluster: PrefectCluster):
         pytest.fail(f"{exp.name} exited {rc} on SIGTERM\n{exp.log_text(50)}", pytrace=False)
 
 
+class RedisExporter:
+    """The Redis-source exporter (`--redis-url`, `--state-file`), restartable in place."""
+
+    def __init__(self, cluster: PrefectCluster, state: str) -> None:
+        self.cluster = cluster
+        self.state = state
+        self.restarts = 0
+        self.exp = self._start()
+
+    def _start(self) -> Exporter:
+        name = "exporter-redis" + (f"-{self.restarts}" if self.restarts else "")
+        return Exporter(self.cluster.replicas[0], task_runs=True, name=name,
+                        extra_args=["--redis-url", self.cluster.redis.url(0),
+                                    "--state-file", self.state, "--snapshot-interval", "2s"])
+
+    def kill_and_restart(self) -> None:
+        """SIGKILL (no last snapshot, nothing acknowledged since the last one), then start
+        again from the state file."""
+        self.exp.proc.kill()
+        self.exp.proc.wait(timeout=15)
+        self.restarts += 1
+        self.exp = self._start()
+        self.exp.wait_listening()
+        self.exp.wait_ready(60)
+
+
+@pytest.fixture(scope="module")
+def redis_exporter(cluster: PrefectCluster, tmp_path_factory):
+    """`run --prefect-api-url <replica 1>/api --redis-url <cluster's Redis> --task-runs
+    --state-file …`, started on the fresh cluster; it must exit 0 on SIGTERM at the end."""
+    holder = RedisExporter(cluster, str(tmp_path_factory.mktemp("redis-exporter") / "state.bin"))
+    try:
+        holder.exp.wait_listening()
+        log(f"exporter-redis ready after {holder.exp.wait_ready(60):.1f} s (listening on :{holder.exp.port})")
+        yield holder
+    finally:
+        exp = holder.exp
+        was_alive = exp.proc.poll() is None
+        rc = exp.stop()
+    if was_alive and rc != 0:
+        pytest.fail(f"{exp.name} exited {rc} on SIGTERM\n{exp.log_text(50)}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
-def _logs_on_failure(request, cluster, exporter):
-    """A failed test's report gets the exporter's stderr and every cluster process's log."""
-    artifacts(request).extend([exporter, *cluster.parts()])
+def _logs_on_failure(request, cluster, exporter, redis_exporter):
+    """A failed test's report gets the exporters' stderr and every cluster process's log."""
+    artifacts(request).extend([exporter, redis_exporter.exp, *cluster.parts()])
+
+
+def redis_exact(api1, redis_exp: Exporter, what: str) -> tuple[dict, float, str]:
+    """Waits until the Redis-source exporter equals replica 1's truth (totals and entries of
+    both kinds); returns its counts, the seconds waited and a summary of its own metrics."""
+    _, took = wait_until_equal(
+        lambda: exporter_view(redis_exp.counts(), BOTH, entries=True),
+        lambda: truth_view(api1, BOTH, entries=True),
+        EQUALITY_TIMEOUT,
+        f"{what}, Redis-source exporter: flow_runs and task_runs (totals and entries)",
+        context=exporter_context(redis_exp),
+    )
+    counts = redis_exp.counts()
+    assert counts["stream"]["source"] == "redis", counts["stream"]
+    # A consumer group cannot drop an entry: verification never has anything to repair.
+    assert redis_exp.metric_sum(REPAIRED) == 0, f"{what}: the Redis-source exporter repaired events"
+    metrics = (f"repaired={int(redis_exp.metric_sum(REPAIRED))} "
+               f"gaps={int(redis_exp.metric_sum('prefect_exporter_backfill_gaps_total'))} "
+               f"events_received={counts['events'].get('received')} "
+               f"duplicates={counts['events'].get('duplicates')}")
+    return counts, took, metrics
 
 
 def plus(base: dict[str, int], extra: dict[str, int]) -> dict[str, int]:
@@ -113,7 +182,7 @@ def plus(base: dict[str, int], extra: dict[str, int]) -> dict[str, int]:
 # ====================================================================== mixed
 
 
-def test_mixed_flows_on_replica2_exact_via_replica1(cluster, exporter, workloads):
+def test_mixed_flows_on_replica2_exact_via_replica1(cluster, exporter, redis_exporter, workloads):
     api1, api2 = cluster.replicas
     fresh = api1.rest.count("flow_runs") == 0 and api1.rest.count("task_runs") == 0
     require(fresh, "the cluster is fresh (this test runs first in the module)")
@@ -148,6 +217,10 @@ def test_mixed_flows_on_replica2_exact_via_replica1(cluster, exporter, workloads
         "mixed flows on replica 2, exporter on replica 1: flow_runs and task_runs (totals and entries)",
         context=exporter_context(exporter),
     )
+    _, redis_took, redis_metrics = redis_exact(api1, redis_exporter.exp, "mixed flows on replica 2")
+    assert exporter.counts()["stream"]["source"] == "websocket"
+    summary(f"TOPOLOGY-MIXED-REDIS: Redis-source exporter == REST and stored events {redis_took:.1f} s after "
+            f"the websocket one; {redis_metrics}")
     counts = exporter.counts()
     summary(
         f"TOPOLOGY-MIXED: exporter == REST and stored events {took:.1f} s after quiescence "
@@ -160,7 +233,7 @@ def test_mixed_flows_on_replica2_exact_via_replica1(cluster, exporter, workloads
 # ====================================================================== burst
 
 
-def test_burst_on_replica2_exact_via_replica1(cluster, exporter, workloads, tmp_path):
+def test_burst_on_replica2_exact_via_replica1(cluster, exporter, redis_exporter, workloads, tmp_path):
     api1, api2 = cluster.replicas
     flows_n, tasks_n = 8, 150
 
@@ -174,8 +247,25 @@ def test_burst_on_replica2_exact_via_replica1(cluster, exporter, workloads, tmp_
     duplicates_before = events_before.get("duplicates", 0)
     repaired_before = exporter.metric_sum(REPAIRED)
 
-    # Eight flow processes run through replica 2, released together from a barrier.
-    burst = start_burst(workloads, api2, tmp_path, flows_n, tasks_n)
+    # Eight flow processes run through replica 2, released together from a barrier. The
+    # Redis-source exporter is killed with SIGKILL once it has taken in 500 events of the
+    # burst (or when the burst ends first) and restarted from its state file.
+    redis_before = redis_exporter.exp.counts()["events"].get("received", 0)
+    killed = {}
+
+    def kill_mid_burst(running) -> None:
+        t_go = time.monotonic()
+        while running():
+            if redis_exporter.exp.counts()["events"].get("received", 0) - redis_before >= 500:
+                break
+            time.sleep(0.05)
+        killed["mid_burst"] = running()
+        redis_exporter.kill_and_restart()
+        log(f"exporter-redis killed {'mid-burst' if killed['mid_burst'] else 'after the burst'} "
+            f"{time.monotonic() - t_go:.1f} s after go, restarted from its state file")
+
+    burst = start_burst(workloads, api2, tmp_path, flows_n, tasks_n, during=kill_mid_burst)
+    killed_mid_burst = killed["mid_burst"]
 
     # The server's own truth is complete only once the services process has stored every
     # event (event persister) and written every task run (task-run recorder). Both are known
@@ -201,3 +291,10 @@ def test_burst_on_replica2_exact_via_replica1(cluster, exporter, workloads, tmp_
         f"flows={flows_n} tasks_per_flow={tasks_n} burst_seconds={burst.t_last - burst.t_go:.1f})"
     )
     check_exact_in_time(watch, burst, api1, expected_flow_events, expected_task_events, OBSERVE_CAP, EXACT_WITHIN)
+
+    # The Redis-source exporter, killed and restarted during the burst, against the same
+    # settled truth: totals and entries of both kinds (an event counted twice would show in
+    # the entries; one lost, in the totals and entries).
+    _, redis_took, redis_metrics = redis_exact(api1, redis_exporter.exp, "burst, killed and restarted")
+    summary(f"TOPOLOGY-BURST-REDIS: killed {'mid-burst' if killed_mid_burst else 'after the burst'}, restarted, "
+            f"exact {redis_took:.1f} s after the websocket exporter; {redis_metrics}")

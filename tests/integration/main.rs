@@ -11,6 +11,7 @@ mod http_hardening;
 mod layers;
 mod properties;
 mod readme;
+mod redis_source;
 mod replay_files;
 mod rest_hostile;
 mod serve_replay;
