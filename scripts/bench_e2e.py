@@ -12,8 +12,12 @@ Measures, printing one `RESULT name value unit` line each:
   4. `/metrics` scrape time at 10,000 series while ingesting;
   5. peak RSS of `replay` holding 1,000,000 tracked runs and 4,000,000 dedup ids;
   6. `--state-file` with those: file size, write and load time, and the ingestion pause of a
-     snapshot once they are all in memory.
-`--only ws|scrape|memory|state-file` runs just that stage.
+     snapshot once they are all in memory;
+  7. decode: 200,000 unique real-shaped frames (the main recording, every UUID rewritten per
+     copy) read by `serde_json` into `IgnoredAny` (reading only), by a naive typed serde
+     program (`examples/frame_baselines.rs`), by `replay` (the whole pipeline) and by a plain
+     Python script doing the same counting; frames/s, best and median of 3 rounds.
+`--only ws|scrape|memory|state-file|decode` runs just that stage.
 """
 import argparse
 import json
@@ -276,6 +280,79 @@ for r in range(first, first + runs):
 """
 
 
+PYTHON_COUNTER = r"""
+import json, sys, time
+lines = [l for l in open(sys.argv[1], "rb").read().split(b"\n") if l.strip()]
+started = time.perf_counter()
+seen, runs, frames, duplicates = set(), {}, 0, 0
+for line in lines:
+    try:
+        event = json.loads(line).get("event")
+    except ValueError:
+        continue
+    if not event:
+        continue
+    frames += 1
+    if event["id"] in seen:
+        duplicates += 1
+        continue
+    seen.add(event["id"])
+    resource = event["resource"]
+    rid = resource.get("prefect.resource.id", "")
+    if not rid.startswith(("prefect.flow-run.", "prefect.task-run.")):
+        continue
+    state = (event.get("payload") or {}).get("validated_state") or {}
+    to = (state.get("type") or resource.get("prefect.state-type"), state.get("name") or resource.get("prefect.state-name"))
+    if to[0] is None:
+        continue
+    run = runs.setdefault(rid, {"occurred": "", "state": None, "entries": {}})
+    run["entries"][to] = run["entries"].get(to, 0) + 1
+    if event["occurred"] >= run["occurred"]:
+        run["occurred"], run["state"] = event["occurred"], to
+seconds = time.perf_counter() - started
+print(f"frames={frames} seconds={seconds:.4f} frames_per_second={frames / seconds:.0f} runs={len(runs)}")
+"""
+
+
+def make_unique_frames(path, count):
+    """`count` frames: the main recording's distinct event frames, every UUID's first 8 hex
+    digits XORed with the copy number, as many copies as it takes."""
+    frames = distinct_frames()
+    with open(path, "wb") as out:
+        for n in range(count):
+            copy, frame = divmod(n, len(frames))
+            out.write(UUID.sub(lambda m: b"%08x" % (int(m.group(0), 16) ^ copy), frames[frame]) + b"\n")
+    return os.path.getsize(path) / count
+
+
+def frames_per_second(out):
+    return float(re.search(r"frames_per_second=(\d+)", out).group(1))
+
+
+def bench_decode(binary, baselines, python, count, rounds=3):
+    """Frames/s of the references and of `replay` over the same unique frames."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "frames.jsonl"
+        size = make_unique_frames(path, count)
+        result("decode_frames", count, "frames")
+        result("decode_frame_bytes_mean", round(size), "bytes")
+        runs = {"ignored_any": [], "naive_serde": [], "replay": [], "python": []}
+        for _ in range(rounds):
+            for mode, name in (("ignored-any", "ignored_any"), ("naive", "naive_serde")):
+                out = subprocess.run([baselines, mode, str(path)], capture_output=True, text=True, check=True).stdout
+                runs[name].append(frames_per_second(out))
+            out = subprocess.run([binary, "replay", "--task-runs", str(path)], capture_output=True, text=True, check=True)
+            seconds = float(re.search(r"in ([0-9.]+) s", out.stderr).group(1))
+            runs["replay"].append(count / seconds)
+            out = subprocess.run([python, "-c", PYTHON_COUNTER, str(path)], capture_output=True, text=True, check=True).stdout
+            runs["python"].append(frames_per_second(out))
+        reference = max(runs["ignored_any"])
+        for name, values in runs.items():
+            result(f"decode_{name}_frames_per_second_best", round(max(values)), "frames/s")
+            result(f"decode_{name}_frames_per_second_median", round(statistics.median(values)), "frames/s")
+            result(f"decode_{name}_vs_ignored_any_best", round(max(values) / reference, 2), "x")
+
+
 def peak_rss(binary, runs, per_run, *args):
     """`replay` of the generated stream with `args`; returns (summary line, counts, peak RSS MB)."""
     gen = subprocess.Popen([sys.executable, "-c", GENERATOR, str(runs), str(per_run)], stdout=subprocess.PIPE)
@@ -366,8 +443,13 @@ def main():
     parser.add_argument("--python", required=True)
     parser.add_argument("--copies", type=int, default=25)
     parser.add_argument("--runs", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=["state-file", "scrape", "ws", "memory"], help="run one stage")
+    parser.add_argument("--baselines", required=True, help="the frame_baselines example binary")
+    parser.add_argument("--decode-frames", type=int, default=200_000)
+    parser.add_argument("--only", choices=["state-file", "scrape", "ws", "memory", "decode"], help="run one stage")
     args = parser.parse_args()
+    if args.only == "decode":
+        bench_decode(args.bin, args.baselines, args.python, args.decode_frames)
+        return
     if args.only == "state-file":
         with tempfile.TemporaryDirectory() as tmp:
             bench_state_file(args.bin, args.runs, 4, tmp)
@@ -409,6 +491,7 @@ def main():
         bench_scrape(args.bin, series, stream)
         bench_memory(args.bin, args.runs, 4)
         bench_state_file(args.bin, args.runs, 4, tmp)
+    bench_decode(args.bin, args.baselines, args.python, args.decode_frames)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,7 @@
 # the tests read it from PREFECT_E2E_PG_BIN. Everything else goes to stderr.
 set -euo pipefail
 
-SUDO=""
-created_policy_rc=""
-cleanup() {
-  if [[ -n $created_policy_rc ]]; then
-    $SUDO rm -f /usr/sbin/policy-rc.d || true
-  fi
-}
-trap cleanup EXIT
+source "$(dirname "$0")/lib/apt.sh"
 
 say() { printf '%s\n' "$*" >&2; }
 
@@ -61,67 +54,8 @@ have_redis() { command -v redis-server >/dev/null 2>&1; }
 # with a temp data directory): Debian's redis-server runs as user redis, and a cluster's
 # postmaster is started with its config file under /etc/postgresql.
 service_pids() {
-  {
-    pgrep -u redis -x redis-server 2>/dev/null || true
-    pgrep -f '^/usr/lib/postgresql/[0-9]+/bin/postgres .*config_file=/etc/postgresql/' 2>/dev/null || true
-  } | sort
-}
-
-apt_install() {
-  local packages=("$@")
-  if ! command -v apt-get >/dev/null 2>&1; then
-    say "missing ${packages[*]} and apt-get is not available: install them by hand"
-    return 1
-  fi
-  if [[ $(id -u) -ne 0 ]]; then
-    if command -v sudo >/dev/null 2>&1; then
-      SUDO=sudo
-    else
-      say "missing ${packages[*]}; installing them needs root (or sudo)"
-      return 1
-    fi
-  fi
-  local before after pid
-  before=$(service_pids)
-  # Keep the packages' postinst scripts from starting the system services.
-  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-    $SUDO chmod 755 /usr/sbin/policy-rc.d
-    created_policy_rc=1
-  fi
-  local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${packages[@]}")
-  local updated=""
-  local p
-  for p in "${packages[@]}"; do
-    if ! apt-cache show "$p" >/dev/null 2>&1; then
-      say "apt-get update (the package lists do not know $p)"
-      $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-      updated=1
-      break
-    fi
-  done
-  if ! $SUDO "${install[@]}" >&2; then
-    if [[ -n $updated ]]; then
-      return 1
-    fi
-    say "apt-get update (install failed with the current package lists)"
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
-    $SUDO "${install[@]}" >&2 || return 1
-  fi
-  if [[ -n $created_policy_rc ]]; then
-    $SUDO rm -f /usr/sbin/policy-rc.d
-    created_policy_rc=""
-  fi
-  # Stop whatever service process the install started anyway (none with policy-rc.d, but a
-  # package may start its daemon some other way): only processes that were not there before.
-  after=$(service_pids)
-  for pid in $(comm -13 <(echo "$before") <(echo "$after")); do
-    say "stopping $(ps -o comm= -p "$pid" 2>/dev/null || echo process) (pid $pid) started by the install"
-    if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-      $SUDO systemctl stop redis-server.service postgresql.service 2>/dev/null || true
-    fi
-    $SUDO kill "$pid" 2>/dev/null || true
-  done
+  pgrep -u redis -x redis-server 2>/dev/null || true
+  pgrep -f '^/usr/lib/postgresql/[0-9]+/bin/postgres .*config_file=/etc/postgresql/' 2>/dev/null || true
 }
 
 missing=()
@@ -129,7 +63,7 @@ have_redis || missing+=(redis-server)
 pg_bin_dir >/dev/null || missing+=(postgresql)
 if ((${#missing[@]})); then
   say "installing ${missing[*]}"
-  apt_install "${missing[@]}"
+  apt_install service_pids "redis-server.service postgresql.service" "${missing[@]}"
 fi
 
 have_redis || { say "redis-server is still not on PATH"; exit 1; }

@@ -25,6 +25,9 @@ use crate::web::api::WebSettings;
 use crate::web::limits::DEFAULT_MAX_CONNECTIONS;
 use crate::web::server::DEFAULT_HEADER_TIMEOUT;
 
+mod sources;
+pub use sources::{error_line, parse, FromEnv};
+
 /// A flag value that does not parse, with what is expected instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -89,7 +92,8 @@ impl Cli {
 )]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve counts over HTTP until SIGINT/SIGTERM, with events from recorded files (`--replay`).
+    /// Follow a Prefect server's events stream (`--prefect-api-url`), or recorded files with
+    /// `--replay`, and serve the counts over HTTP until SIGINT/SIGTERM.
     Run(RunArgs),
     /// Process recorded files offline as fast as possible and print the final counts.
     Replay(ReplayArgs),
@@ -113,11 +117,11 @@ pub struct ServeReplayArgs {
 
     /// Release events at this many per second, or `max` for all at once (default: the
     /// recorded pace, times `--speed`).
-    #[arg(long, value_parser = parse_rate)]
+    #[arg(long, value_parser = parse_rate, allow_hyphen_values = true)]
     pub rate: Option<Rate>,
 
     /// Play the recorded pace this many times faster.
-    #[arg(long, default_value_t = 1.0, value_parser = parse_positive)]
+    #[arg(long, default_value_t = 1.0, value_parser = parse_positive, allow_hyphen_values = true)]
     pub speed: f64,
 
     /// Keep the recorded timestamps instead of moving the first event to the server's start.
@@ -133,29 +137,29 @@ pub struct ServeReplayArgs {
     pub auth_string: Option<Secret>,
 
     /// Fault: drop each websocket connection abruptly after this many events.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub disconnect_every: Option<u64>,
 
     /// Fault: with `--disconnect-every`, send this close code instead of dropping the TCP
     /// connection.
-    #[arg(long, requires = "disconnect_every", value_parser = clap::value_parser!(u16).range(1000..5000))]
+    #[arg(long, requires = "disconnect_every", value_parser = clap::value_parser!(u16).range(1000..5000), allow_hyphen_values = true)]
     pub close_code: Option<u16>,
 
     /// Fault: after each event, resend a random earlier one with this probability.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, allow_hyphen_values = true)]
     pub duplicate_rate: f64,
 
     /// Fault: drop each live event silently with this probability, as the real server does
     /// under bursts (backfill and REST still have it).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_probability)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_probability, allow_hyphen_values = true)]
     pub drop_live_rate: f64,
 
     /// Fault: shuffle live events within windows of this many.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub reorder_window: usize,
 
     /// Fault: stop reading and writing for this many milliseconds after every 500 events.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub stall_ms: u64,
 }
 
@@ -240,6 +244,11 @@ pub struct ServerArgs {
     /// websocket token). Never logged.
     #[arg(long, env = "PREFECT_API_AUTH_STRING", hide_env_values = true)]
     pub auth_string: Option<Secret>,
+
+    /// Reconnect when the events stream has been silent this long: no event and no ping
+    /// (Prefect pings every 20 s, so a live connection is never silent for long).
+    #[arg(long, env = "PREFECT_EXPORTER_STREAM_IDLE_TIMEOUT", default_value = "45s", value_parser = parse_positive_duration)]
+    pub stream_idle_timeout: Duration,
 }
 
 impl ServerArgs {
@@ -256,6 +265,7 @@ impl ServerArgs {
         ApiSettings {
             url: self.prefect_api_url.clone(),
             credentials: self.credentials(),
+            stream_idle_timeout: self.stream_idle_timeout,
         }
     }
 }
@@ -305,27 +315,27 @@ pub struct EngineArgs {
     pub group_by: GroupByList,
 
     /// How long (event time) an event id is remembered for deduplication.
-    #[arg(long, env = "PREFECT_EXPORTER_DEDUP_WINDOW", default_value = "30m", value_parser = parse_duration)]
+    #[arg(long, env = "PREFECT_EXPORTER_DEDUP_WINDOW", default_value = "30m", value_parser = parse_duration, allow_hyphen_values = true)]
     pub dedup_window: Duration,
 
     /// The most event ids remembered for deduplication; the oldest are dropped first.
-    #[arg(long, env = "PREFECT_EXPORTER_DEDUP_CAPACITY", default_value_t = 4_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "PREFECT_EXPORTER_DEDUP_CAPACITY", default_value_t = 4_000_000, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub dedup_capacity: u64,
 
     /// The most group-by label sets (and distinct state names); past it new ones fold into
     /// `__other__`.
-    #[arg(long, env = "PREFECT_EXPORTER_MAX_SERIES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "PREFECT_EXPORTER_MAX_SERIES", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub max_series: u64,
 
     /// The most runs of each kind held in memory; past it, the terminal run longest without
     /// an event (or else the run waiting longest in its state) is dropped, its contribution
     /// to the totals kept. Bounds memory against a flood of distinct run ids.
-    #[arg(long, env = "PREFECT_EXPORTER_MAX_TRACKED_RUNS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "PREFECT_EXPORTER_MAX_TRACKED_RUNS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub max_tracked_runs: u64,
 
     /// Forget terminal runs after this long (event time) without an event; their
     /// contribution to the totals stays.
-    #[arg(long, env = "PREFECT_EXPORTER_TERMINAL_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "PREFECT_EXPORTER_TERMINAL_RETENTION", default_value = "1h", value_parser = parse_duration, allow_hyphen_values = true)]
     pub terminal_retention: Duration,
 }
 
@@ -367,17 +377,17 @@ pub struct RunArgs {
     pub web: WebArgs,
 
     /// How often to re-count runs over REST and correct drift (`0` = never).
-    #[arg(long, env = "PREFECT_EXPORTER_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "PREFECT_EXPORTER_RECONCILE_INTERVAL", default_value = "5m", value_parser = parse_duration, allow_hyphen_values = true)]
     pub reconcile_interval: Duration,
 
     /// How often to compare closed windows of events with the server's stored events and
     /// repair those that differ (`0` = never).
-    #[arg(long, env = "PREFECT_EXPORTER_VERIFY_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "PREFECT_EXPORTER_VERIFY_INTERVAL", default_value = "15s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub verify_interval: Duration,
 
     /// How old a window of events must be before it is verified (the server persists events
     /// in batches, and client-side task-run events arrive late).
-    #[arg(long, env = "PREFECT_EXPORTER_VERIFY_SETTLE", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "PREFECT_EXPORTER_VERIFY_SETTLE", default_value = "15s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub verify_settle: Duration,
 
     /// Skip the REST baseline at start: totals then cover only runs seen in the stream until
@@ -392,7 +402,7 @@ pub struct RunArgs {
     pub state_file: Option<PathBuf>,
 
     /// How often the state file is written.
-    #[arg(long, env = "PREFECT_EXPORTER_SNAPSHOT_INTERVAL", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(long, env = "PREFECT_EXPORTER_SNAPSHOT_INTERVAL", default_value = "10s", value_parser = parse_positive_duration, allow_hyphen_values = true)]
     pub snapshot_interval: Duration,
 
     /// Start fresh when the state file is corrupt, truncated, from a newer release or
@@ -453,12 +463,12 @@ impl RunArgs {
 pub struct WebArgs {
     /// Most HTTP connections open at once; further ones are closed at once (counted, logged
     /// rate-limited). Lowered, with a warning, to fit the process's open-file limit.
-    #[arg(long, env = "PREFECT_EXPORTER_WEB_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "PREFECT_EXPORTER_WEB_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..), allow_hyphen_values = true)]
     pub web_max_connections: u32,
 
     /// How long a client may take to send its request headers; also bounds the TLS
     /// handshake, an idle keep-alive connection and a request body.
-    #[arg(long, env = "PREFECT_EXPORTER_WEB_HEADER_TIMEOUT", default_value_t = HumanDuration(DEFAULT_HEADER_TIMEOUT), value_parser = parse_positive_human_duration)]
+    #[arg(long, env = "PREFECT_EXPORTER_WEB_HEADER_TIMEOUT", default_value_t = HumanDuration(DEFAULT_HEADER_TIMEOUT), value_parser = parse_positive_human_duration, allow_hyphen_values = true)]
     pub web_header_timeout: HumanDuration,
 
     /// Require `Authorization: Bearer TOKEN` on every endpoint except `/healthz`. Never logged.

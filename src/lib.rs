@@ -14,8 +14,8 @@
 //! | `model` | event vocabulary, rejection reasons, time and durations, secrets, group-by dimensions, runs known from REST | |
 //! | `state` | run records, counts, labels, histograms, ledger, readiness; one writer ([`state::Tracker`]), readers through [`state::Shared`] | `model` |
 //! | `ingest` | decode, dedup, the pipeline | `model`, `state` |
-//! | `source` | replay files, the events websocket | `model` |
-//! | `prefect` | the REST client, reconciliation, verification | `model`, `state` |
+//! | `source` | replay files, the events websocket (with the frame guard under it) | `model` |
+//! | `prefect` | the bounded REST client, reconciliation, verification and repair | `model`, `state` |
 //! | `persist` | the state file | `model`, `state`, `ingest` |
 //! | `expose` | metric catalogue and collectors, exposition formats, JSON documents | `model`, `state` |
 //! | `web` | the HTTP server, routes, query parameters, auth, limits, TLS, HTTP metrics | `model`, `state`, `expose` |

@@ -1,16 +1,20 @@
 //! The `prefect-events-exporter` binary: parse flags into settings, set up logging and
 //! signals, run a command, map the outcome to an exit code. The only place that prints
 //! errors and exits.
+//!
+//! Writing to stderr never panics here (a closed pipe, `… 2>&1 | head -1`, must not take the
+//! signal handler or any task down with it), the first SIGTERM/SIGINT starts a bounded
+//! shutdown, and a second one exits at once.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use prefect_events_exporter::cli::{Cli, Invocation, LogFormat};
+use prefect_events_exporter::cli::{self, FromEnv, Invocation, LogFormat};
 use prefect_events_exporter::error::Error;
 use prefect_events_exporter::{fake_server, run};
 
@@ -21,9 +25,10 @@ use prefect_events_exporter::{fake_server, run};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => return flag_error(e),
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (cli, from_env) = match cli::parse(args.clone()) {
+        Ok(parsed) => parsed,
+        Err(e) => return flag_error(&e, &args),
     };
     init_logging(cli.log_format);
     let result = match cli.invocation() {
@@ -31,7 +36,7 @@ fn main() -> ExitCode {
             let mut stdout = std::io::stdout().lock();
             let _ = stdout.write_all(output.as_bytes());
             let _ = stdout.flush();
-            eprintln!("{summary}");
+            print_error_line(&summary);
         }),
         Invocation::Run(settings) => block_on(|shutdown| run::run(settings, shutdown)),
         Invocation::Record(settings) => {
@@ -46,10 +51,20 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error_line(&error_line(&e, &from_env));
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// How long blocking work (a state-file write, a bcrypt check) may hold up the exit after
+/// the command has returned.
+const BLOCKING_GRACE: Duration = Duration::from_secs(2);
+
+/// One line on stderr, ignoring a closed or full stderr (`eprintln!` would panic).
+fn print_error_line(line: &str) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "{line}");
 }
 
 /// Runs an async command on a multi-threaded runtime with SIGINT/SIGTERM wired to its
@@ -64,14 +79,17 @@ where
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
         command(shutdown).await
-    })
+    });
+    runtime.shutdown_timeout(BLOCKING_GRACE);
+    result
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
+/// Cancels `shutdown` on SIGINT or SIGTERM (before logging it: nothing may stand between a
+/// signal and the shutdown); a second signal exits at once.
 async fn wait_for_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
@@ -81,16 +99,36 @@ async fn wait_for_signal(shutdown: CancellationToken) {
         tracing::error!("Cannot install signal handlers; stop the process with SIGKILL.");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "Shutting down."),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "Shutting down."),
-    }
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
     shutdown.cancel();
+    tracing::info!(signal = name, "Shutting down.");
+    let code = tokio::select! {
+        _ = term.recv() => 128 + 15,
+        _ = int.recv() => 128 + 2,
+    };
+    tracing::warn!("A second signal: exiting now.");
+    std::process::exit(code);
+}
+
+/// A command's error as one line; a configuration error whose flag was set by an
+/// environment variable names the variable too (`error: VARIABLE (--flag): ...`).
+fn error_line(e: &Error, from_env: &FromEnv) -> String {
+    match e {
+        Error::Config { flag, message } => match from_env.variable(flag) {
+            Some(variable) => format!("error: {variable} ({flag}): {message}"),
+            None => format!("error: {e}"),
+        },
+        _ => format!("error: {e}"),
+    }
 }
 
 /// Prints help/version as clap does; any other parse error as one line (clap's first
-/// paragraph, joined: "required arguments were not provided: --web-tls-key <PATH>"), exit 2.
-fn flag_error(e: clap::Error) -> ExitCode {
+/// paragraph, joined: "required arguments were not provided: --web-tls-key <PATH>"; a bad
+/// value from an environment variable names the variable), exit 2.
+fn flag_error(e: &clap::Error, args: &[std::ffi::OsString]) -> ExitCode {
     match e.kind() {
         ErrorKind::DisplayHelp
         | ErrorKind::DisplayVersion
@@ -99,18 +137,7 @@ fn flag_error(e: clap::Error) -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            let rendered = e.render().to_string();
-            let paragraph: Vec<&str> = rendered
-                .lines()
-                .map(str::trim)
-                .skip_while(|l| l.is_empty())
-                .take_while(|l| !l.is_empty())
-                .collect();
-            if paragraph.is_empty() {
-                eprintln!("error: invalid arguments");
-            } else {
-                eprintln!("{}", paragraph.join(" "));
-            }
+            print_error_line(&cli::error_line(e, args));
             ExitCode::from(2)
         }
     }
@@ -118,10 +145,13 @@ fn flag_error(e: clap::Error) -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A failed write to stderr is dropped: by default tracing reports it with `eprintln!`,
+    // which panics on a closed pipe, in whatever task was logging.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(std::io::stderr().is_terminal())
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

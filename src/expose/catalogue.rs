@@ -159,6 +159,8 @@ pub(crate) struct ExporterMetrics {
     pub(crate) folded: IntCounterVec,
     pub(crate) windows: IntCounterVec,
     pub(crate) repaired: IntCounter,
+    pub(crate) repair_truncated: IntCounterVec,
+    pub(crate) deficit: IntGaugeVec,
     pub(crate) corrections: IntCounterVec,
     pub(crate) drift: IntGaugeVec,
     pub(crate) reconciliations: IntCounter,
@@ -259,6 +261,20 @@ impl ExporterMetrics {
             repaired: registered(r, IntCounter::new(
                 "prefect_exporter_events_repaired_total",
                 "Events recovered by repair that the live stream had dropped.",
+            ))?,
+            repair_truncated: registered(r, IntCounterVec::new(
+                Opts::new(
+                    "prefect_exporter_repair_truncated_total",
+                    "Re-fetches of a window's stored events stopped at a page limit (per window, or per verification interval) before the server's last page.",
+                ),
+                &["limit"],
+            ))?,
+            deficit: registered(r, IntGaugeVec::new(
+                Opts::new(
+                    "prefect_exporter_runs_deficit",
+                    "Runs by which a state's total is below zero (a lost or late event); the exposed totals hold at zero until verification or reconciliation settles it.",
+                ),
+                &["kind", "state_type"],
             ))?,
             corrections: registered(r, IntCounterVec::new(
                 Opts::new(

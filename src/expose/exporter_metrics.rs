@@ -23,7 +23,7 @@ use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::IntCounter;
 
 use crate::expose::catalogue::ExporterMetrics;
-use crate::model::event::StateType;
+use crate::model::event::{RunKind, StateType};
 use crate::model::reject::RejectReason;
 use crate::model::time::as_seconds;
 use crate::state::histogram::Histogram;
@@ -34,7 +34,11 @@ impl ExporterMetrics {
     /// Sets every stream, state and check family from the state's values now. Callers
     /// serialize refreshes (a counter moves by the difference it reads).
     pub(crate) fn refresh(&self, shared: &Shared, status: &Status) {
-        let (events, checks) = shared.with_counts(|c| (c.events.clone(), c.checks.clone()));
+        let (events, checks, deficits) = shared.with_counts(|c| {
+            let deficits: Vec<(RunKind, [u64; 9])> =
+                shared.kinds().map(|k| (k, c.deficits(k))).collect();
+            (c.events.clone(), c.checks.clone(), deficits)
+        });
 
         advance(&self.received.with_label_values(&["state"]), events.state);
         advance(&self.received.with_label_values(&["other"]), events.other);
@@ -83,6 +87,18 @@ impl ExporterMetrics {
             checks.windows_failed,
         );
         advance(&self.repaired, checks.events_repaired);
+        let truncated = status.repair_truncated();
+        for limit in ["window", "interval"] {
+            let n = truncated.get(limit).copied().unwrap_or(0);
+            advance(&self.repair_truncated.with_label_values(&[limit]), n);
+        }
+        for (kind, deficit) in &deficits {
+            for ty in StateType::ALL {
+                self.deficit
+                    .with_label_values(&[kind.metric_stem(), ty.as_str()])
+                    .set(saturating_i64(deficit[ty.index()]));
+            }
+        }
         for ty in StateType::ALL {
             let label = [ty.as_str()];
             advance(

@@ -1,5 +1,12 @@
 //! The `/api/v1/counts` document (also what `replay` prints), built from a copy of the
 //! aggregates.
+//!
+//! Runs per state are shown through [`shown_runs`]: never below zero. The tracker's totals
+//! are signed on purpose: a run whose leaving event arrives before its entering one (or whose
+//! entering event was lost and is repaired later) takes its state below zero until the other
+//! event lands, and that arithmetic must stay exact so the totals equal the server's at
+//! quiescence. Only what is shown is held at zero; the amount held back is the
+//! `prefect_exporter_runs_deficit` gauge. Sums saturate.
 
 use std::collections::BTreeMap;
 
@@ -109,19 +116,28 @@ impl CountsReport {
     }
 }
 
+/// Runs in a state as shown (never below zero), and the deficit held back.
+pub fn shown_runs(total: i64) -> (i64, u64) {
+    (total.max(0), total.min(0).unsigned_abs())
+}
+
 impl KindReport {
     fn from_counts(counts: &KindCounts) -> KindReport {
         let mut by_type: BTreeMap<&'static str, i64> = BTreeMap::new();
         let mut by_name: BTreeMap<String, i64> = BTreeMap::new();
         for (state, &n) in &counts.current {
-            *by_type.entry(state.ty.as_str()).or_default() += n;
-            *by_name.entry(state.name.to_string()).or_default() += n;
+            let (n, _) = shown_runs(n);
+            let ty = by_type.entry(state.ty.as_str()).or_default();
+            *ty = ty.saturating_add(n);
+            let name = by_name.entry(state.name.to_string()).or_default();
+            *name = name.saturating_add(n);
         }
         by_type.retain(|_, n| *n != 0);
         by_name.retain(|_, n| *n != 0);
         let mut entries: BTreeMap<String, u64> = BTreeMap::new();
         for ((state, _), &n) in &counts.entries {
-            *entries.entry(state.name.to_string()).or_default() += n;
+            let entry = entries.entry(state.name.to_string()).or_default();
+            *entry = entry.saturating_add(n);
         }
         let mut transitions = Vec::new();
         for (from_index, row) in counts.transitions.iter().enumerate() {
@@ -138,7 +154,7 @@ impl KindReport {
         }
         transitions.sort_by(|a, b| (a.from, a.to).cmp(&(b.from, b.to)));
         KindReport {
-            total: by_type.values().sum(),
+            total: by_type.values().fold(0i64, |sum, n| sum.saturating_add(*n)),
             by_state_type: by_type,
             by_state_name: by_name,
             entries_by_state_name: entries,

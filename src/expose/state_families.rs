@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::expose::catalogue::{Def, KindDefs};
 use crate::expose::collect::{by_series, counter, gauge, histogram, sorted, Family, Text};
+use crate::expose::report::shown_runs;
 use crate::model::event::{RunKind, StateKey, StateType};
 use crate::model::time::{as_seconds, Clock, Micros};
 use crate::state::counts::KindCounts;
@@ -84,7 +85,7 @@ impl StateCollector {
             &defs.runs,
             current
                 .into_iter()
-                .map(|(k, v)| (state_labels(k), gauge(v as f64))),
+                .map(|(k, v)| (state_labels(k), gauge(shown_runs(v).0 as f64))),
         ));
 
         out.push(Family::new(

@@ -14,7 +14,7 @@ use crate::ingest::decode::{decode, Decoded, RejectReason};
 use crate::ingest::dedup::{Dedup, Seen};
 use crate::model::event::RunKind;
 use crate::model::known_run::KnownRun;
-use crate::model::time::{now_micros, Micros};
+use crate::model::time::{now_micros, Micros, FUTURE_TOLERANCE};
 use crate::state::counts::Aggregates;
 use crate::state::tracker::{DedupGauges, DirtyRun};
 use crate::state::{Shared, StateConfig, Tracker, Writer};
@@ -192,8 +192,12 @@ pub struct Batch<'p> {
 
 impl Batch<'_> {
     /// Decodes, deduplicates and applies one frame.
+    ///
+    /// An event whose `occurred` is more than [`FUTURE_TOLERANCE`] ahead of the wall clock is
+    /// rejected; one less ahead counts as now for the dedup window, retention and the resume
+    /// point, so no single event moves them into the future.
     pub fn ingest(&mut self, frame: &[u8]) -> Outcome {
-        let event = match decode(frame) {
+        let mut event = match decode(frame) {
             Decoded::Event(event) => event,
             Decoded::Skip => return Outcome::Skipped,
             Decoded::Rejected(reason) => {
@@ -201,16 +205,23 @@ impl Batch<'_> {
                 return Outcome::Rejected(reason);
             }
         };
+        let now = self.writer.now();
+        if event.occurred > now.saturating_add(FUTURE_TOLERANCE) {
+            self.reject(RejectReason::FutureTimestamp, frame.len());
+            return Outcome::Rejected(RejectReason::FutureTimestamp);
+        }
         let tracked = self.writer.tracked_kind(&event);
         self.writer.count_received(tracked.is_some());
-        if self.dedup.check_and_insert(event.id, event.occurred) == Seen::Duplicate {
+        let at = event.occurred.min(now);
+        if self.dedup.check_and_insert(event.id, at) == Seen::Duplicate {
             self.writer.count_duplicate();
             return Outcome::Duplicate;
         }
         if let Some(admitted) = self.admitted.as_mut() {
-            admitted.push((event.id.0, event.occurred));
+            admitted.push((event.id.0, at));
         }
         self.writer.admit(&event);
+        event.occurred = at;
         let (Some(kind), Some(change)) = (tracked, event.state.as_ref()) else {
             return Outcome::Other;
         };

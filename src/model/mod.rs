@@ -1,5 +1,6 @@
 //! The vocabulary every layer shares: events and their states, rejection reasons, time and
-//! durations, secrets, the group-by dimensions, and runs known from REST.
+//! durations, secrets, the group-by dimensions, runs known from REST, and how server-supplied
+//! text is shown.
 //!
 //! Plain data and pure functions only; it imports nothing else of the crate.
 
@@ -9,6 +10,7 @@ pub(crate) mod known_run;
 pub(crate) mod reject;
 pub(crate) mod secret;
 pub mod time;
+pub(crate) mod untrusted;
 
 /// A value that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -28,11 +28,15 @@ pub enum RejectReason {
     MissingResourceId,
     /// A state type that is not one of Prefect's nine.
     BadStateType,
+    /// `occurred` more than [`FUTURE_TOLERANCE`](crate::model::time::FUTURE_TOLERANCE) ahead
+    /// of the wall clock (a client with a wrong clock, or a hostile file): such an event would
+    /// move the dedup window, retention and the resume point into the future.
+    FutureTimestamp,
 }
 
 impl RejectReason {
     /// Every reason, for zero-filled output.
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::MalformedJson,
         RejectReason::TooDeep,
         RejectReason::Oversize,
@@ -43,6 +47,7 @@ impl RejectReason {
         RejectReason::BadTimestamp,
         RejectReason::MissingResourceId,
         RejectReason::BadStateType,
+        RejectReason::FutureTimestamp,
     ];
 
     /// The metric label value.
@@ -58,6 +63,7 @@ impl RejectReason {
             RejectReason::BadTimestamp => "bad_timestamp",
             RejectReason::MissingResourceId => "missing_resource_id",
             RejectReason::BadStateType => "bad_state_type",
+            RejectReason::FutureTimestamp => "future_timestamp",
         }
     }
 

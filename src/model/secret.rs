@@ -72,6 +72,19 @@ impl Credentials {
     }
 }
 
+/// `url` as it may be shown in logs and errors: without a `user:password@` part (Prefect
+/// credentials belong in the flags, but a URL may carry them too).
+pub fn display_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +99,19 @@ mod tests {
         let key = Credentials::ApiKey(Secret::new("pnu_abc"));
         assert_eq!(key.authorization().unwrap(), "Bearer pnu_abc");
         assert_eq!(Credentials::None.ws_token(), None);
+    }
+
+    #[test]
+    fn urls_are_shown_without_user_info() {
+        assert_eq!(
+            display_url("https://admin:hunter2@prefect.example/api"),
+            "https://prefect.example/api"
+        );
+        assert_eq!(
+            display_url("http://127.0.0.1:4200/api?x=a@b"),
+            "http://127.0.0.1:4200/api?x=a@b"
+        );
+        assert_eq!(display_url("ws://u@h:1/events/out"), "ws://h:1/events/out");
+        assert_eq!(display_url("not a url"), "not a url");
     }
 }

@@ -20,6 +20,11 @@ pub type Micros = i64;
 /// One second in [`Micros`].
 pub const SECOND: Micros = 1_000_000;
 
+/// How far ahead of the wall clock an event's `occurred` may be (client clocks drift; task-run
+/// events come from clients). Later events are rejected; events within it count as "now" for
+/// the dedup window, retention and the resume point.
+pub const FUTURE_TOLERANCE: Micros = 5 * 60 * SECOND;
+
 /// Parses an RFC 3339 timestamp (any offset, optional fraction) into [`Micros`].
 ///
 /// Returns `None` for anything that is not a valid RFC 3339 date-time. Prefect's two forms

@@ -12,7 +12,7 @@ use crate::ingest::dedup::{Dedup, IdBuckets};
 use crate::ingest::Pipeline;
 use crate::model::event::{EventId, RunKind, StateKey, StateType};
 use crate::model::reject::RejectReason;
-use crate::model::time::Micros;
+use crate::model::time::{now_micros, Micros};
 use crate::state::counts::{
     CheckCounts, Counts, EventCounts, KindCounts, KindTally, DELAY_BUCKETS, DURATION_BUCKETS,
 };
@@ -165,7 +165,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, Un
     let buckets = IdBuckets::from_parts(
         window,
         capacity,
-        maybe_time(loaded.dedup_newest)?,
+        not_ahead(maybe_time(loaded.dedup_newest)?),
         loaded.dedup_evicted,
         buckets,
     );
@@ -191,7 +191,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, Un
             rejected,
             self_transitions: e.self_transitions,
             chain_gaps: e.chain_gaps,
-            last_occurred: maybe_time(e.last_occurred)?,
+            last_occurred: not_ahead(maybe_time(e.last_occurred)?),
             last_state_seen: None,
             delay: histogram(&DELAY_BUCKETS, &e.delay)?,
             dedup_ids: buckets.len() as u64,
@@ -293,6 +293,12 @@ fn time(at: Micros) -> Result<Micros, Invalid> {
     } else {
         Err(Invalid::Time(at))
     }
+}
+
+/// A saved event time no later than now: a file written before future events were refused
+/// may carry one, and it must not hold the dedup window or the resume point in the future.
+fn not_ahead(at: Option<Micros>) -> Option<Micros> {
+    at.map(|t| t.min(now_micros()))
 }
 
 fn maybe_time(at: Option<Micros>) -> Result<Option<Micros>, Invalid> {

@@ -1,73 +1,43 @@
 //! Prefect's REST API: run counts for the baseline and reconciliation, non-terminal runs,
 //! stored-event counts for verification, and stored events for repair.
 //!
-//! One `reqwest` client with timeouts; 429/502/503/504 and transport errors are retried with
-//! backoff, honouring `Retry-After`. Credentials go only into the `Authorization` header,
-//! marked sensitive; no error message contains them.
+//! Each endpoint has its own response-size limit (a count is a bare integer, an events page
+//! at most a few MiB) and the bounds of [`super::transport`]: timeouts, retries, the shutdown
+//! token. Answers are validated: a negative run count is refused, a huge one saturates at
+//! [`MAX_RUN_COUNT`], so no sum of counts can overflow. Stored events come a page at a time
+//! ([`EventPages`]), so the caller decides how many pages to fetch and applies each before the
+//! next.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
-use reqwest::StatusCode;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::model::event::{RunKind, StateType};
 use crate::model::known_run::KnownRun;
 use crate::model::secret::Credentials;
 use crate::model::time::{format_rfc3339, parse_rfc3339, Micros};
+pub use crate::prefect::transport::ApiError;
+use crate::prefect::transport::Transport;
 
-/// Requests are retried this many times on retryable answers.
-const RETRIES: u32 = 5;
-/// Per-request timeout.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Page size of `/flow_runs/filter` (the server's maximum).
 const RUN_PAGE: usize = 200;
 /// Page size of `/events/filter` (the server's maximum).
 const EVENT_PAGE: usize = 50;
-
-/// A failed REST call.
-#[derive(Debug, Error)]
-pub enum ApiError {
-    /// The server refused the credentials.
-    #[error("{path}: authentication failed (HTTP {status}); check --api-key / --auth-string")]
-    Auth {
-        /// The endpoint.
-        path: String,
-        /// 401 or 403.
-        status: u16,
-    },
-    /// The server answered with an error status.
-    #[error("{path}: HTTP {status}: {body}")]
-    Status {
-        /// The endpoint.
-        path: String,
-        /// The status code.
-        status: u16,
-        /// The start of the response body.
-        body: String,
-    },
-    /// The request did not complete.
-    #[error("{path}: {message}")]
-    Transport {
-        /// The endpoint.
-        path: String,
-        /// What went wrong.
-        message: String,
-    },
-    /// The answer was not what Prefect sends.
-    #[error("{path}: unexpected response: {message}")]
-    Decode {
-        /// The endpoint.
-        path: String,
-        /// What was wrong with it.
-        message: String,
-    },
-}
+/// Most bytes of a run count (a bare integer).
+pub const COUNT_BODY_MAX: usize = 4 * 1024;
+/// Most bytes of stored-event counts by name (one entry per event name).
+const EVENT_COUNTS_BODY_MAX: usize = 1024 * 1024;
+/// Most bytes of one page of stored events (50 events).
+pub const EVENT_PAGE_BODY_MAX: usize = 8 * 1024 * 1024;
+/// Most bytes of one page of runs (200 runs, with their parameters).
+const RUN_PAGE_BODY_MAX: usize = 16 * 1024 * 1024;
+/// Largest run count taken from the server: larger ones saturate here. No server holds this
+/// many runs (2^53 - 1, the largest integer a Prometheus sample holds exactly), and with it
+/// no sum of counts and event deltas can overflow an `i64`.
+pub const MAX_RUN_COUNT: i64 = (1 << 53) - 1;
 
 #[derive(Deserialize)]
 struct RawRun {
@@ -101,106 +71,29 @@ struct EventPage {
 /// A client of one Prefect API (`PREFECT_API_URL`).
 #[derive(Clone, Debug)]
 pub struct PrefectApi {
-    base: String,
-    client: reqwest::Client,
+    transport: Transport,
 }
 
 impl PrefectApi {
-    /// A client for `api_url` (e.g. `http://127.0.0.1:4200/api`).
-    pub fn new(api_url: &str, credentials: &Credentials) -> Result<PrefectApi, ApiError> {
-        let mut headers = HeaderMap::new();
-        if let Some(value) = credentials.authorization() {
-            let mut value = HeaderValue::from_str(&value).map_err(|_| ApiError::Decode {
-                path: "credentials".to_owned(),
-                message: "the credentials contain characters not allowed in a header".to_owned(),
-            })?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| ApiError::Transport {
-                path: api_url.to_owned(),
-                message: e.to_string(),
-            })?;
+    /// A client for `api_url` (e.g. `http://127.0.0.1:4200/api`) whose calls end with
+    /// [`ApiError::Cancelled`] once `shutdown` is cancelled.
+    pub fn new(
+        api_url: &str,
+        credentials: &Credentials,
+        shutdown: CancellationToken,
+    ) -> Result<PrefectApi, ApiError> {
         Ok(PrefectApi {
-            base: api_url.trim_end_matches('/').to_owned(),
-            client,
+            transport: Transport::new(api_url, credentials, shutdown)?,
         })
     }
 
-    async fn send<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<T, ApiError> {
-        let url = format!("{}{path}", self.base);
-        let mut attempt = 0;
-        loop {
-            let request = match body {
-                Some(body) => self.client.post(&url).json(body),
-                None => self.client.get(&url),
-            };
-            let (retry_after, error) = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    if status.is_success() {
-                        let bytes = response.bytes().await.map_err(|e| ApiError::Transport {
-                            path: path.to_owned(),
-                            message: e.to_string(),
-                        })?;
-                        return serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
-                            path: path.to_owned(),
-                            message: e.to_string(),
-                        });
-                    }
-                    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                        return Err(ApiError::Auth {
-                            path: path.to_owned(),
-                            status: status.as_u16(),
-                        });
-                    }
-                    let retry_after = response
-                        .headers()
-                        .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 30.0)));
-                    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
-                    let text = response.text().await.unwrap_or_default();
-                    let error = ApiError::Status {
-                        path: path.to_owned(),
-                        status: status.as_u16(),
-                        body: text.chars().take(200).collect(),
-                    };
-                    if !retryable {
-                        return Err(error);
-                    }
-                    (retry_after, error)
-                }
-                Err(e) => (
-                    None,
-                    ApiError::Transport {
-                        path: path.to_owned(),
-                        message: e.without_url().to_string(),
-                    },
-                ),
-            };
-            attempt += 1;
-            if attempt > RETRIES {
-                return Err(error);
-            }
-            let delay = retry_after.unwrap_or(Duration::from_millis(250 << attempt.min(6)));
-            debug!(error = %error, attempt, delay_ms = delay.as_millis() as u64, "Retrying a REST call.");
-            tokio::time::sleep(delay).await;
-        }
+    /// Waits `duration`, or fails with [`ApiError::Cancelled`] at shutdown.
+    pub async fn pause(&self, duration: std::time::Duration) -> Result<(), ApiError> {
+        self.transport.pause(duration).await
     }
 
     /// Runs of `kind` in state type `ty`, optionally only those whose state name is (or is
-    /// not) in a list.
+    /// not) in a list. Negative counts are refused; counts over [`MAX_RUN_COUNT`] saturate.
     pub async fn count_runs(
         &self,
         kind: RunKind,
@@ -209,7 +102,20 @@ impl PrefectApi {
     ) -> Result<i64, ApiError> {
         let (path, key) = runs_endpoint(kind, "count");
         let body = json!({ key: { "state": state_filter(&[ty], names) } });
-        self.send::<i64>(&path, Some(&body)).await
+        let count: i64 = self
+            .transport
+            .call(&path, Some(&body), COUNT_BODY_MAX)
+            .await?;
+        if count < 0 {
+            return Err(ApiError::Decode {
+                url: format!("{}{path}", self.transport.shown_url()),
+                message: format!("a negative run count ({count})"),
+            });
+        }
+        if count > MAX_RUN_COUNT {
+            debug!(count, "A run count over 2^53 - 1; saturating.");
+        }
+        Ok(count.min(MAX_RUN_COUNT))
     }
 
     /// Runs of `kind` in any of `types` (and name filter), oldest state first, up to `max`.
@@ -230,9 +136,12 @@ impl PrefectApi {
                 "limit": limit,
                 "offset": offset,
             });
-            let page: Vec<RawRun> = self.send(&path, Some(&body)).await?;
+            let page: Vec<RawRun> = self
+                .transport
+                .call(&path, Some(&body), RUN_PAGE_BODY_MAX)
+                .await?;
             let got = page.len();
-            out.extend(page.into_iter().filter_map(|run| {
+            out.extend(page.into_iter().take(limit).filter_map(|run| {
                 let state = run.state?;
                 let state_type = StateType::parse(&state.ty)?;
                 Some(KnownRun {
@@ -268,45 +177,82 @@ impl PrefectApi {
             "time_unit": "day",
             "time_interval": 1.0,
         });
-        let counts: Vec<EventCount> = self.send("/events/count-by/event", Some(&body)).await?;
-        let mut out = HashMap::new();
+        let counts: Vec<EventCount> = self
+            .transport
+            .call("/events/count-by/event", Some(&body), EVENT_COUNTS_BODY_MAX)
+            .await?;
+        let mut out: HashMap<String, u64> = HashMap::new();
         for c in counts {
-            *out.entry(c.value).or_default() += c.count;
+            let n = out.entry(c.value).or_default();
+            *n = n.saturating_add(c.count);
         }
         Ok(out)
     }
 
-    /// Every stored event with `occurred` in `[since, until]` and a name starting with one of
-    /// `prefixes`, page by page (`POST /events/filter`, then `/events/filter/next`); each
-    /// event is handed to `sink` as JSON bytes. Returns how many were fetched.
-    pub async fn fetch_events(
-        &self,
+    /// The stored events with `occurred` in `[since, until]` and a name starting with one of
+    /// `prefixes`, to be read page by page (`POST /events/filter`, then
+    /// `/events/filter/next`).
+    pub fn event_pages<'a>(
+        &'a self,
         since: Micros,
         until: Micros,
         prefixes: &[&str],
-        mut sink: impl FnMut(Vec<u8>),
-    ) -> Result<u64, ApiError> {
-        let body = json!({ "filter": event_filter(since, until, prefixes), "limit": EVENT_PAGE });
-        let mut page: EventPage = self.send("/events/filter", Some(&body)).await?;
-        let mut fetched = 0u64;
-        loop {
-            for event in page.events {
-                fetched += 1;
-                sink(serde_json::to_vec(&event).unwrap_or_default());
+    ) -> EventPages<'a> {
+        EventPages {
+            api: self,
+            next: Some(PageRequest::First(
+                json!({ "filter": event_filter(since, until, prefixes), "limit": EVENT_PAGE }),
+            )),
+        }
+    }
+}
+
+enum PageRequest {
+    First(Value),
+    Token(String),
+}
+
+/// Stored events, one page per [`EventPages::next_page`] call.
+pub struct EventPages<'a> {
+    api: &'a PrefectApi,
+    next: Option<PageRequest>,
+}
+
+impl EventPages<'_> {
+    /// The next page's events as JSON bytes, or `None` after the last page.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Vec<u8>>>, ApiError> {
+        let page: EventPage = match self.next.take() {
+            None => return Ok(None),
+            Some(PageRequest::First(body)) => {
+                self.api
+                    .transport
+                    .call("/events/filter", Some(&body), EVENT_PAGE_BODY_MAX)
+                    .await?
             }
-            let Some(next) = page.next_page else { break };
-            let Some(token) = next
+            Some(PageRequest::Token(token)) => {
+                let path = format!("/events/filter/next?page-token={token}");
+                self.api
+                    .transport
+                    .call(&path, None, EVENT_PAGE_BODY_MAX)
+                    .await?
+            }
+        };
+        if let Some(next) = page.next_page {
+            match next
                 .split_once("page-token=")
                 .map(|(_, t)| t.split('&').next().unwrap_or(t))
-            else {
-                warn!("A next-page link without a page token; stopping.");
-                break;
-            };
-            page = self
-                .send(&format!("/events/filter/next?page-token={token}"), None)
-                .await?;
+                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && b != b'#'))
+            {
+                Some(token) => self.next = Some(PageRequest::Token(token.to_owned())),
+                None => warn!("A next-page link without a usable page token; stopping there."),
+            }
         }
-        Ok(fetched)
+        Ok(Some(
+            page.events
+                .iter()
+                .map(|event| serde_json::to_vec(event).unwrap_or_default())
+                .collect(),
+        ))
     }
 }
 

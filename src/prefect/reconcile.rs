@@ -4,6 +4,9 @@
 //! quiet moment: no state event seen for `settle` before the counts are taken, while they are
 //! taken, and for `settle` after. A moment that is not quiet is retried shortly after, so a
 //! correction never races an event in flight. Each correction is counted by state type.
+//!
+//! Counts are summed saturating (the API caps each at [`crate::prefect::api::MAX_RUN_COUNT`]),
+//! and every wait ends at shutdown.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,6 +23,9 @@ use crate::state::Shared;
 
 /// Names looked up per state type when discovering names the exporter has never seen.
 const DISCOVER_LIMIT: usize = 1000;
+/// Discovery rounds per state type: each lists up to [`DISCOVER_LIMIT`] runs for names not
+/// counted yet (a server that keeps naming new states cannot keep the loop going).
+const DISCOVER_ROUNDS: u32 = 3;
 /// Retry delay when the moment was not quiet.
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 
@@ -38,9 +44,10 @@ pub async fn server_counts(
         }
         let mut names: BTreeSet<String> = known.get(&ty).cloned().unwrap_or_default();
         names.insert(ty.default_name().to_owned());
-        let mut counted = 0;
+        let mut counted: i64 = 0;
         let mut queried: Vec<String> = Vec::new();
         let mut pending: Vec<String> = names.into_iter().collect();
+        let mut rounds = 0;
         while let Some(name) = pending.pop() {
             queried.push(name.clone());
             let n = api
@@ -54,9 +61,10 @@ pub async fn server_counts(
                     },
                     n,
                 );
-                counted += n;
+                counted = counted.saturating_add(n);
             }
-            if pending.is_empty() && counted < total {
+            if pending.is_empty() && counted < total && rounds < DISCOVER_ROUNDS {
+                rounds += 1;
                 // Flow-run filters can exclude names; task-run filters cannot (HTTP 422), so
                 // task runs are sampled without a name filter.
                 let filter = match kind {
@@ -76,11 +84,13 @@ pub async fn server_counts(
             // Runs changed state between the queries (the attempt is then discarded as busy),
             // or names beyond the discovery limit.
             debug!(kind = kind.as_str(), state_type = ty.as_str(), total, counted, "State names do not add up to the type's count; the rest is attributed to the default name.");
-            *out.entry(StateKey {
-                ty,
-                name: Arc::from(ty.default_name()),
-            })
-            .or_insert(0) += total - counted;
+            let rest = out
+                .entry(StateKey {
+                    ty,
+                    name: Arc::from(ty.default_name()),
+                })
+                .or_insert(0);
+            *rest = rest.saturating_add(total.saturating_sub(counted));
         }
     }
     Ok(out)
@@ -126,7 +136,7 @@ impl Reconciler {
             all.push((kind, server_counts(&self.api, kind, &known).await?));
         }
         if require_quiet {
-            tokio::time::sleep(self.settle).await;
+            self.api.pause(self.settle).await?;
             if self.shared.state_event_marker().0 != seen {
                 return Ok(Attempt::Busy);
             }
@@ -159,6 +169,7 @@ impl Reconciler {
                     Ok(Attempt::Busy) => {
                         debug!("State events in flight; reconciliation postponed.")
                     }
+                    Err(ApiError::Cancelled) => return,
                     Err(e) => warn!(error = %e, "Reconciliation failed; will retry."),
                 }
                 if tokio::time::Instant::now() >= deadline {

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
-use tokio_tungstenite::tungstenite::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::error::{Error, Result};
 use crate::ingest::Pipeline;
 use crate::model::event::{RunKind, StateType};
-use crate::model::time::{micros, now_micros, Micros};
+use crate::model::secret::display_url;
+use crate::model::time::{micros, now_micros, wall_clock, Micros};
 use crate::persist::{Opened, Snapshotter};
 use crate::prefect::api::{ApiError, NameFilter, PrefectApi};
 use crate::prefect::reconcile::Reconciler;
@@ -25,7 +25,7 @@ use crate::prefect::verify::{RepairBatch, Verifier, VerifyConfig};
 use crate::run::service::{Ingested, Service, Tasks};
 use crate::run::settings::{RunSettings, ServerSettings};
 use crate::source::ws::{self, WsConfig, RESUME_OVERLAP, SERVER_BACKFILL};
-use crate::source::{StreamError, StreamObserver};
+use crate::source::{Frame, StreamError, StreamObserver};
 use crate::state::status::Status;
 use crate::state::Shared;
 
@@ -77,6 +77,7 @@ async fn bootstrap(reconciler: &Reconciler, status: &Status, shutdown: &Cancella
     loop {
         match reconciler.attempt(false).await {
             Ok(_) => return true,
+            Err(ApiError::Cancelled) => return false,
             Err(e) => {
                 let message = e.to_string();
                 let reason = match &e {
@@ -120,6 +121,7 @@ async fn seed_runs(api: &PrefectApi, pipeline: &mut Pipeline, kinds: &[RunKind])
             .await
         {
             Ok(runs) => runs,
+            Err(ApiError::Cancelled) => return,
             Err(e) => {
                 warn!(error = %e, kind = kind.as_str(), "Could not list non-terminal runs; they appear when their next event arrives.");
                 continue;
@@ -152,13 +154,13 @@ async fn seed_runs(api: &PrefectApi, pipeline: &mut Pipeline, kinds: &[RunKind])
 /// the state-file writer every `snapshot_every`; hands the pipeline back at the end.
 async fn pipeline_task(
     mut pipeline: Pipeline,
-    mut frames: mpsc::Receiver<Bytes>,
+    mut frames: mpsc::Receiver<Frame>,
     mut repairs: mpsc::Receiver<RepairBatch>,
     snapshotter: Option<Snapshotter>,
     snapshot_every: Duration,
     shutdown: CancellationToken,
 ) -> Ingested {
-    let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Frame> = Vec::with_capacity(BATCH);
     let mut snapshots = crate::persist::interval(snapshot_every);
     snapshots.reset();
     loop {
@@ -185,7 +187,18 @@ async fn pipeline_task(
                 if received == 0 {
                     break;
                 }
-                pipeline.ingest_batch(batch.drain(..));
+                let mut applying = pipeline.batch();
+                for frame in batch.drain(..) {
+                    match frame {
+                        Frame::Data(bytes) => {
+                            applying.ingest(&bytes);
+                        }
+                        Frame::Rejected { reason, bytes } => {
+                            applying.reject(reason, usize::try_from(bytes).unwrap_or(usize::MAX));
+                        }
+                    }
+                }
+                applying.finish();
             }
         }
     }
@@ -202,11 +215,12 @@ pub async fn run(
     server: ServerSettings,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let api =
-        PrefectApi::new(&server.api.url, &server.api.credentials).map_err(|e| Error::Config {
+    let api = PrefectApi::new(&server.api.url, &server.api.credentials, shutdown.clone()).map_err(
+        |e| Error::Config {
             flag: "--prefect-api-url",
             message: e.to_string(),
-        })?;
+        },
+    )?;
     let prefixes = RunKind::subscribed_prefixes(settings.engine.state.track_task_runs);
     let mut pipeline = Pipeline::new(settings.engine.clone());
     // A restored state file with a baseline carries it with the counts: no new baseline.
@@ -214,7 +228,7 @@ pub async fn run(
     let (service, snapshotter, opened) = Service::start(
         &settings,
         &mut pipeline,
-        &server.api.url,
+        &display_url(&server.api.url),
         |opened| {
             let mut unmet = vec![("stream", "connecting to the events stream")];
             if needs_baseline(opened) {
@@ -222,6 +236,7 @@ pub async fn run(
             }
             unmet
         },
+        wall_clock(),
         &shutdown,
     )
     .await?;
@@ -253,7 +268,7 @@ pub async fn run(
         }
         seed_runs(&api, &mut pipeline, &shared.kinds().collect::<Vec<_>>()).await;
         status.satisfy("baseline");
-        info!(api = %server.api.url, "REST baseline taken.");
+        info!(api = %display_url(&server.api.url), "REST baseline taken.");
     }
 
     let (frame_tx, frame_rx) = mpsc::channel(FRAME_QUEUE);
@@ -278,6 +293,7 @@ pub async fn run(
         api_url: server.api.url.clone(),
         credentials: server.api.credentials.clone(),
         prefixes,
+        idle_timeout: server.api.stream_idle_timeout,
     };
     let observer = Observer {
         shared: shared.clone(),
@@ -292,6 +308,7 @@ pub async fn run(
     let checks = Checks {
         api,
         shared,
+        status,
         reconciler,
         trigger: reconcile_now,
         // After a restart, windows up to the second pass are checked again (their ledger
@@ -309,6 +326,7 @@ pub async fn run(
 struct Checks {
     api: PrefectApi,
     shared: Arc<Shared>,
+    status: Arc<Status>,
     reconciler: Reconciler,
     trigger: Arc<Notify>,
     verify_from: Micros,
@@ -338,7 +356,7 @@ impl Checks {
                 settle: micros(server.verify_settle),
                 second_pass_after: SECOND_PASS,
             };
-            let verifier = Verifier::new(self.api, self.shared, repairs, config);
+            let verifier = Verifier::new(self.api, self.shared, self.status, repairs, config);
             let (from, trigger, stop) = (self.verify_from, self.trigger, shutdown.clone());
             tasks.spawn(async move {
                 verifier.run(from, trigger, stop).await;

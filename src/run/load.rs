@@ -13,15 +13,17 @@ use crate::source::replay::{Line, LineReader};
 /// Frames applied per lock of the aggregates while loading files.
 const LOAD_BATCH: usize = 1024;
 
-/// Checks that every file can be opened before any work starts (a configuration error
-/// naming `flag` otherwise).
+/// Checks that every file can be opened and is not a directory before any work starts (a
+/// configuration error naming `flag` otherwise: exit code 2).
 pub fn check_readable(flag: &'static str, files: &[PathBuf]) -> Result<()> {
     for path in files {
-        if let Err(e) = std::fs::File::open(path) {
-            return Err(Error::Config {
-                flag,
-                message: format!("cannot read {}: {e}", path.display()),
-            });
+        let unreadable = |cause: String| Error::Config {
+            flag,
+            message: format!("cannot read {}: {cause}", path.display()),
+        };
+        let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(unreadable("it is a directory".to_owned()));
         }
     }
     Ok(())

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::expose::collect::Metrics;
 use crate::expose::exposition::Format;
 use crate::expose::report::CountsReport;
 use crate::ingest::Pipeline;
-use crate::model::time::wall_clock;
 use crate::run::load::{check_readable, load_files, LoadSummary};
+use crate::run::replay::recording_clock;
 use crate::run::settings::{OutputFormat, ReplaySettings};
 use crate::state::status::Status;
 
@@ -55,7 +55,15 @@ pub fn replay(settings: &ReplaySettings) -> Result<(String, String)> {
     check_readable("FILE", &settings.files)?;
     let mut pipeline = Pipeline::new(settings.engine.clone());
     let started = Instant::now();
-    let load = load_files(&mut pipeline, &settings.files, None)?;
+    // A file that fails while it is read is as much a bad argument as one that cannot be
+    // opened: exit code 2 either way.
+    let load = load_files(&mut pipeline, &settings.files, None).map_err(|e| match e {
+        Error::Read { path, source } => Error::Config {
+            flag: "FILE",
+            message: format!("cannot read {}: {source}", path.display()),
+        },
+        other => other,
+    })?;
     let summary = ReplaySummary {
         load,
         elapsed: started.elapsed(),
@@ -66,7 +74,7 @@ pub fn replay(settings: &ReplaySettings) -> Result<(String, String)> {
     let output = match settings.output {
         OutputFormat::Json => serde_json::to_string_pretty(&report).unwrap_or_default() + "\n",
         OutputFormat::Prometheus => {
-            let metrics = Metrics::new(shared, status, wall_clock());
+            let metrics = Metrics::new(shared.clone(), status, recording_clock(shared));
             metrics.render(Format::Prometheus)
         }
     };

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -18,7 +17,7 @@ use crate::model::event::RunKind;
 use crate::model::time::{now_micros, Micros};
 use crate::run::settings::RecordSettings;
 use crate::source::ws::{self, WsConfig};
-use crate::source::{StreamError, StreamObserver};
+use crate::source::{Frame, StreamError, StreamObserver};
 
 /// Tracks the resume point from the frames written.
 #[derive(Default)]
@@ -46,9 +45,10 @@ fn open(path: &Path) -> Result<std::fs::File> {
         })
 }
 
-/// Appends frames to `file` until the channel closes.
+/// Appends frames to `file` until the channel closes (a frame the source could not hold,
+/// over the size limit, is logged and left out).
 async fn write_frames(
-    mut frames: mpsc::Receiver<Bytes>,
+    mut frames: mpsc::Receiver<Frame>,
     file: std::fs::File,
     progress: Arc<Progress>,
 ) -> std::io::Result<u64> {
@@ -57,6 +57,17 @@ async fn write_frames(
     let mut batch = Vec::with_capacity(256);
     while frames.recv_many(&mut batch, 256).await > 0 {
         for frame in batch.drain(..) {
+            let frame = match frame {
+                Frame::Data(bytes) => bytes,
+                Frame::Rejected { reason, bytes } => {
+                    warn!(
+                        reason = reason.as_str(),
+                        frame_bytes = bytes,
+                        "A frame was left out of the recording."
+                    );
+                    continue;
+                }
+            };
             if let Decoded::Event(event) = decode(&frame) {
                 let mut newest = progress.newest.lock();
                 if newest.is_none_or(|n| event.occurred > n) {
@@ -95,6 +106,7 @@ pub async fn record(settings: RecordSettings, shutdown: CancellationToken) -> Re
         api_url: settings.api.url.clone(),
         credentials: settings.api.credentials.clone(),
         prefixes: RunKind::subscribed_prefixes(settings.task_runs),
+        idle_timeout: settings.api.stream_idle_timeout,
     };
     info!(out = %settings.out.display(), "Recording the events stream.");
     ws::run(config, now_micros(), tx, progress.as_ref(), shutdown).await;

@@ -11,12 +11,14 @@ use tracing::{error, info, warn};
 
 use crate::error::Result;
 use crate::ingest::Pipeline;
+use crate::model::time::{now_micros, Clock};
 use crate::persist::format::ReplayV1;
 use crate::persist::{Opened, Snapshotter, REPLAY_SOURCE};
 use crate::run::load::{check_readable, load_files_from};
 use crate::run::service::{Ingested, Service, Tasks};
 use crate::run::settings::RunSettings;
 use crate::state::status::Status;
+use crate::state::Shared;
 
 /// `run --replay`: serves the counts of `files` until `shutdown`.
 pub async fn run(
@@ -26,11 +28,13 @@ pub async fn run(
 ) -> Result<()> {
     check_readable("--replay", &files)?;
     let mut pipeline = Pipeline::new(settings.engine.clone());
+    let clock = recording_clock(pipeline.shared());
     let (service, snapshotter, opened) = Service::start(
         &settings,
         &mut pipeline,
         REPLAY_SOURCE,
         |_| vec![("replay", "loading replay files")],
+        clock,
         &shutdown,
     )
     .await?;
@@ -47,6 +51,12 @@ pub async fn run(
     let mut tasks = Tasks::new();
     tasks.spawn_blocking(move || Some(loader.load(pipeline, snapshotter, &opened)));
     service.finish(tasks).await
+}
+
+/// "Now" for ages in replay mode: the newest event applied, so a recording days old shows the
+/// ages it had when it ended, not days (the wall clock before any event).
+pub fn recording_clock(shared: Arc<Shared>) -> Clock {
+    Arc::new(move || shared.last_occurred().unwrap_or_else(now_micros))
 }
 
 /// Reads the files into the pipeline, snapshotting the state file as it goes.

@@ -45,13 +45,15 @@ pub struct ServerSettings {
     pub bootstrap: bool,
 }
 
-/// A Prefect API: its URL and credentials.
+/// A Prefect API: its URL and credentials, and how long its events stream may stay silent.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
     /// `PREFECT_API_URL`, without a trailing `/`.
     pub url: String,
     /// How to authenticate.
     pub credentials: Credentials,
+    /// An events stream silent this long (no event, no ping) is reconnected.
+    pub stream_idle_timeout: Duration,
 }
 
 /// The state file of `run`.

@@ -1,19 +1,40 @@
 //! Where raw frames come from. Every source yields frames as bytes and never decodes them;
 //! the pipeline does the rest: recorded JSONL files ([`replay`]) and Prefect's events
 //! websocket ([`ws`]). A live source reports its condition through a [`StreamObserver`] and
-//! its failures as [`StreamError`]s, whatever it reads from.
+//! its failures as [`StreamError`]s, whatever it reads from, and hands the pipeline
+//! [`Frame`]s: raw bytes, or a frame it had to read past without holding it.
 
+pub(crate) mod connect;
+pub(crate) mod frame_guard;
 pub(crate) mod replay;
 pub(crate) mod ws;
 
-use thiserror::Error;
+use std::time::Duration;
 
+use thiserror::Error;
+use tokio_tungstenite::tungstenite::Bytes;
+
+use crate::model::reject::RejectReason;
 use crate::model::time::Micros;
+
+/// What a live source hands the pipeline.
+#[derive(Debug)]
+pub enum Frame {
+    /// A raw frame, as received.
+    Data(Bytes),
+    /// A frame the source read past without holding it, to be counted as rejected.
+    Rejected {
+        /// Why (`oversize`).
+        reason: RejectReason,
+        /// Its size.
+        bytes: u64,
+    },
+}
 
 /// Why a subscription failed or ended.
 #[derive(Debug, Error)]
 pub enum StreamError {
-    /// The server refused the credentials.
+    /// The server refused the credentials (its reason, escaped).
     #[error("authentication failed: {0}")]
     Auth(String),
     /// Could not connect or upgrade.
@@ -24,7 +45,7 @@ pub enum StreamError {
     Closed {
         /// The close code.
         code: u16,
-        /// The close reason.
+        /// The close reason, escaped.
         reason: String,
     },
     /// The connection broke without a close frame.
@@ -33,6 +54,18 @@ pub enum StreamError {
     /// The server said something the protocol does not allow.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Nothing arrived for this long (Prefect pings every 20 s): the connection is taken
+    /// for dead.
+    #[error("no frame and no ping for {} s; the connection is taken for dead", .0.as_secs())]
+    Idle(Duration),
+    /// The server sent more control frames (pings, pongs) than any keepalive needs.
+    #[error("{frames} control frames within {} s (a ping flood)", .within.as_secs())]
+    Flood {
+        /// How many arrived.
+        frames: u32,
+        /// Within how long.
+        within: Duration,
+    },
 }
 
 impl StreamError {
@@ -45,6 +78,8 @@ impl StreamError {
             StreamError::Closed { .. } => "closed",
             StreamError::Lost(_) => "lost",
             StreamError::Protocol(_) => "protocol",
+            StreamError::Idle(_) => "idle",
+            StreamError::Flood { .. } => "flood",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Recorded JSONL files as a source: one frame or bare event per line.
 //!
-//! Lines end in `\n` or `\r\n`; blank lines are passed on (the decoder skips them). A line
+//! Lines end in `\n` or `\r\n`; blank lines are passed on (the decoder skips them). A UTF-8
+//! byte order mark at the very start of a file (as Windows editors write) is skipped. A line
 //! longer than [`MAX_FRAME_BYTES`] is never held in memory: it is read past and reported as
 //! [`Line::Oversize`].
 
@@ -25,7 +26,12 @@ pub struct LineReader<R> {
     buf: Vec<u8>,
     limit: usize,
     bytes_read: u64,
+    /// Whether the next line is the file's first (where a byte order mark may stand).
+    at_start: bool,
 }
+
+/// The UTF-8 byte order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 impl LineReader<BufReader<File>> {
     /// Opens a file for reading.
@@ -48,6 +54,7 @@ impl LineReader<BufReader<File>> {
         }
         let mut reader = LineReader::new(BufReader::with_capacity(256 * 1024, file));
         reader.bytes_read = start;
+        reader.at_start = start == 0;
         Ok(reader)
     }
 }
@@ -65,6 +72,7 @@ impl<R: BufRead> LineReader<R> {
             buf: Vec::new(),
             limit,
             bytes_read: 0,
+            at_start: true,
         }
     }
 
@@ -73,9 +81,11 @@ impl<R: BufRead> LineReader<R> {
         self.bytes_read
     }
 
-    /// The next line, or `None` at the end of the input.
+    /// The next line, or `None` at the end of the input. A byte order mark opening the
+    /// input is left out of the first line (and still counted in [`LineReader::bytes_read`]).
     pub fn next_line(&mut self) -> io::Result<Option<Line<'_>>> {
         self.buf.clear();
+        let first = std::mem::take(&mut self.at_start);
         let mut total = 0usize;
         let mut oversize = false;
         loop {
@@ -90,7 +100,7 @@ impl<R: BufRead> LineReader<R> {
                 }
                 break;
             }
-            let (chunk, done) = match memchr(available) {
+            let (chunk, done) = match memchr::memchr(b'\n', available) {
                 Some(i) => (&available[..=i], true),
                 None => (available, false),
             };
@@ -113,6 +123,9 @@ impl<R: BufRead> LineReader<R> {
             return Ok(Some(Line::Oversize(total)));
         }
         let mut line = self.buf.as_slice();
+        if first {
+            line = line.strip_prefix(BOM).unwrap_or(line);
+        }
         if let Some(rest) = line.strip_suffix(b"\n") {
             line = rest;
         }
@@ -124,10 +137,6 @@ impl<R: BufRead> LineReader<R> {
         }
         Ok(Some(Line::Frame(line)))
     }
-}
-
-fn memchr(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
 }
 
 #[cfg(test)]
@@ -157,6 +166,32 @@ mod tests {
                 Ok(b"ef".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_skipped_and_no_other() {
+        assert_eq!(
+            lines(b"\xEF\xBB\xBFab\n\xEF\xBB\xBFcd\n", 100),
+            vec![Ok(b"ab".to_vec()), Ok(b"\xEF\xBB\xBFcd".to_vec())]
+        );
+        assert_eq!(lines(b"\xEF\xBB\xBF", 100), vec![Ok(vec![])]);
+        assert_eq!(lines(b"\xEF\xBBab", 100), vec![Ok(b"\xEF\xBBab".to_vec())]);
+    }
+
+    #[test]
+    fn a_file_read_from_an_offset_keeps_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bom.jsonl");
+        std::fs::write(&path, b"\xEF\xBB\xBFab\ncd\n").unwrap();
+        let mut reader = LineReader::open(&path).unwrap();
+        assert_eq!(reader.next_line().unwrap(), Some(Line::Frame(b"ab")));
+        assert_eq!(
+            reader.bytes_read(),
+            6,
+            "the mark counts as read: offsets are file offsets"
+        );
+        let mut resumed = LineReader::open_at(&path, 6).unwrap();
+        assert_eq!(resumed.next_line().unwrap(), Some(Line::Frame(b"cd")));
     }
 
     #[test]

@@ -3,19 +3,27 @@
 //! The handshake of `PREFECT.md`: subprotocol `prefect`, an `auth` message (the raw auth
 //! string or API key, or `null`) plus an `Authorization` header for proxies, wait for
 //! `auth_success`, then a filter with `occurred.since` = the resume point and a far-future
-//! `until`. The reader forwards text frames and does nothing else, so the server never sees a
+//! `until`. The reader forwards frames and does nothing else, so the server never sees a
 //! slow subscriber; tungstenite answers pings as the socket is polled.
+//!
+//! What the server may do to the connection is bounded: the frame guard under the
+//! protocol ([`crate::source::frame_guard`]) turns a message over [`MAX_FRAME_BYTES`] into an `oversize` rejection and hands
+//! text that is not UTF-8 to the decoder (`malformed_json`), so neither ends the stream;
+//! what the socket may queue for writing (pongs included) is capped; more control frames
+//! than any keepalive needs ([`CONTROL_BUDGET`] within [`CONTROL_WINDOW`]) end the connection;
+//! and a connection silent for the idle timeout (no event, no ping; Prefect pings every 20 s)
+//! is taken for dead. Text the server supplies (close and auth-failure reasons) is escaped.
 //!
 //! [`run`] reconnects forever with capped, jittered exponential backoff (reset after a healthy
 //! period), resuming from the newest `occurred` applied minus an overlap; dedup absorbs the
-//! overlap. An authentication failure is logged once and retried slowly.
+//! overlap. An authentication failure is logged once and retried slowly. Every wait ends at
+//! shutdown.
 
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::{
@@ -24,15 +32,19 @@ use tokio_tungstenite::tungstenite::http::header::{
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::model::event::MAX_FRAME_BYTES;
-use crate::model::secret::Credentials;
+use crate::model::reject::RejectReason;
+use crate::model::secret::{display_url, Credentials};
 use crate::model::time::{format_rfc3339, now_micros, Micros, SECOND};
+use crate::model::untrusted::{escape, SHOWN_CHARS};
 use crate::model::Error;
-use crate::source::{StreamError, StreamObserver};
+use crate::source::connect::{self, Guarded};
+use crate::source::frame_guard::parse_marker;
+use crate::source::{Frame, StreamError, StreamObserver};
 
 /// How far before the resume point a reconnect asks the server to replay.
 pub const RESUME_OVERLAP: Micros = 60 * SECOND;
@@ -47,9 +59,25 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Retry period after an authentication failure.
 const AUTH_RETRY: Duration = Duration::from_secs(60);
+/// Most control frames (pings, pongs) accepted within [`CONTROL_WINDOW`]; Prefect sends one
+/// ping per 20 s.
+pub const CONTROL_BUDGET: u32 = 100;
+/// The window of [`CONTROL_BUDGET`].
+pub const CONTROL_WINDOW: Duration = Duration::from_secs(10);
+/// Most bytes the socket may queue for writing (our two messages, pongs); past it tungstenite
+/// keeps only the newest pong.
+const WRITE_QUEUE_MAX: usize = 64 * 1024;
+/// How long a close at shutdown may take (a peer that does not read cannot hold it up).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A connected, subscribed stream.
-pub type EventSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type EventSocket = WebSocketStream<Guarded>;
+
+/// A subscribed stream and the nonce its guard's markers carry.
+pub struct Subscription {
+    socket: EventSocket,
+    nonce: [u8; 8],
+}
 
 /// Where and how to subscribe.
 #[derive(Clone, Debug)]
@@ -60,12 +88,14 @@ pub struct WsConfig {
     pub credentials: Credentials,
     /// Event-name prefixes to subscribe to.
     pub prefixes: Vec<&'static str>,
+    /// A connection silent this long (no frame, no ping) is dropped and reconnected.
+    pub idle_timeout: Duration,
 }
 
 /// `ws(s)://…/events/out` for an API URL, or what is wrong with it.
 pub fn events_url(api_url: &str) -> Result<String, Error> {
     let bad = |reason| Error::Url {
-        url: api_url.to_owned(),
+        url: display_url(api_url),
         reason,
     };
     let trimmed = api_url.trim_end_matches('/');
@@ -94,22 +124,29 @@ pub async fn subscribe(
     config: &WsConfig,
     since: Micros,
     until: Micros,
-) -> Result<EventSocket, StreamError> {
+) -> Result<Subscription, StreamError> {
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(config, since, until))
         .await
-        .unwrap_or_else(|_| Err(StreamError::Connect("handshake timed out".to_owned())))
+        .unwrap_or_else(|_| {
+            Err(StreamError::Connect(format!(
+                "{}: no answer to the websocket handshake within {} s",
+                display_url(&config.api_url),
+                HANDSHAKE_TIMEOUT.as_secs()
+            )))
+        })
 }
 
 async fn handshake(
     config: &WsConfig,
     since: Micros,
     until: Micros,
-) -> Result<EventSocket, StreamError> {
+) -> Result<Subscription, StreamError> {
     let url = events_url(&config.api_url).map_err(|e| StreamError::Connect(e.to_string()))?;
+    let shown = display_url(&url);
     let mut request = url
         .as_str()
         .into_client_request()
-        .map_err(|e| StreamError::Connect(e.to_string()))?;
+        .map_err(|e| StreamError::Connect(format!("{shown}: {e}")))?;
     request
         .headers_mut()
         .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("prefect"));
@@ -120,56 +157,35 @@ async fn handshake(
         value.set_sensitive(true);
         request.headers_mut().insert(AUTHORIZATION, value);
     }
+    let nonce: [u8; 8] = rand::rng().random();
+    let stream = connect::open(request.uri(), &shown, MAX_FRAME_BYTES, nonce).await?;
+    // The guard keeps messages within MAX_FRAME_BYTES; the protocol's own limits are a
+    // backstop. Writes are flushed at once and queue at most WRITE_QUEUE_MAX bytes.
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES));
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
-            .await
-            .map_err(|e| match e {
-                WsError::Http(response) if matches!(response.status().as_u16(), 401 | 403) => {
-                    StreamError::Auth(format!(
-                        "HTTP {} on the websocket upgrade",
-                        response.status().as_u16()
-                    ))
-                }
-                WsError::Http(response) => StreamError::Connect(format!(
+        .max_frame_size(Some(MAX_FRAME_BYTES))
+        .write_buffer_size(0)
+        .max_write_buffer_size(WRITE_QUEUE_MAX);
+    let (socket, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config))
+        .await
+        .map_err(|e| match e {
+            WsError::Http(response) if matches!(response.status().as_u16(), 401 | 403) => {
+                StreamError::Auth(format!(
                     "HTTP {} on the websocket upgrade",
                     response.status().as_u16()
-                )),
-                other => StreamError::Connect(other.to_string()),
-            })?;
-
-    let auth = json!({ "type": "auth", "token": config.credentials.ws_token() });
-    send_text(&mut socket, auth.to_string()).await?;
-    loop {
-        match socket.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let value: serde_json::Value =
-                    serde_json::from_str(text.as_str()).unwrap_or_default();
-                match value["type"].as_str() {
-                    Some("auth_success") => break,
-                    Some("auth_failure") => {
-                        let reason = value["reason"]
-                            .as_str()
-                            .unwrap_or("auth_failure")
-                            .to_owned();
-                        return Err(StreamError::Auth(reason));
-                    }
-                    _ => {
-                        return Err(StreamError::Protocol(format!(
-                            "expected auth_success, got {}",
-                            truncate(text.as_str())
-                        )))
-                    }
-                }
+                ))
             }
-            Some(Ok(Message::Close(frame))) => return Err(close_error(frame, true)),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(StreamError::Lost(e.to_string())),
-            None => return Err(StreamError::Lost("closed during the handshake".to_owned())),
-        }
-    }
+            WsError::Http(response) => StreamError::Connect(format!(
+                "{shown}: HTTP {} on the websocket upgrade",
+                response.status().as_u16()
+            )),
+            other => StreamError::Connect(format!(
+                "{shown}: {}",
+                escape(&other.to_string(), SHOWN_CHARS)
+            )),
+        })?;
+    let mut subscription = Subscription { socket, nonce };
+    authenticate(&mut subscription.socket, &config.credentials).await?;
     let filter = json!({
         "type": "filter",
         "filter": {
@@ -178,15 +194,46 @@ async fn handshake(
         },
         "backfill": true,
     });
-    send_text(&mut socket, filter.to_string()).await?;
-    Ok(socket)
+    send_text(&mut subscription.socket, filter.to_string()).await?;
+    Ok(subscription)
+}
+
+/// Sends the `auth` message and waits for `auth_success`.
+async fn authenticate(
+    socket: &mut EventSocket,
+    credentials: &Credentials,
+) -> Result<(), StreamError> {
+    let auth = json!({ "type": "auth", "token": credentials.ws_token() });
+    send_text(socket, auth.to_string()).await?;
+    loop {
+        let bytes = match socket.next().await {
+            Some(Ok(Message::Binary(bytes))) => bytes,
+            Some(Ok(Message::Text(text))) => Bytes::from(text),
+            Some(Ok(Message::Close(frame))) => return Err(close_error(frame, true)),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(StreamError::Lost(escape(&e.to_string(), SHOWN_CHARS))),
+            None => return Err(StreamError::Lost("closed during the handshake".to_owned())),
+        };
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        return match value["type"].as_str() {
+            Some("auth_success") => Ok(()),
+            Some("auth_failure") => Err(StreamError::Auth(escape(
+                value["reason"].as_str().unwrap_or("auth_failure"),
+                SHOWN_CHARS,
+            ))),
+            _ => Err(StreamError::Protocol(format!(
+                "expected auth_success, got {}",
+                escape(&String::from_utf8_lossy(&bytes), 120)
+            ))),
+        };
+    }
 }
 
 async fn send_text(socket: &mut EventSocket, text: String) -> Result<(), StreamError> {
     socket
         .send(Message::text(text))
         .await
-        .map_err(|e| StreamError::Lost(e.to_string()))
+        .map_err(|e| StreamError::Lost(escape(&e.to_string(), SHOWN_CHARS)))
 }
 
 fn close_error(
@@ -194,7 +241,7 @@ fn close_error(
     handshake: bool,
 ) -> StreamError {
     let (code, reason) = frame
-        .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+        .map(|f| (u16::from(f.code), escape(f.reason.as_str(), SHOWN_CHARS)))
         .unwrap_or((u16::from(CloseCode::Status), String::new()));
     if handshake && code == 1008 {
         return StreamError::Auth(if reason.is_empty() {
@@ -206,40 +253,100 @@ fn close_error(
     StreamError::Closed { code, reason }
 }
 
-fn truncate(text: &str) -> String {
-    text.chars().take(120).collect()
+/// Counts control frames; too many within the window is a flood.
+struct ControlBudget {
+    window_start: Instant,
+    frames: u32,
 }
 
-/// Reads one subscribed socket, forwarding text frames to `frames`, until it ends or
-/// `shutdown`.
+impl ControlBudget {
+    fn new() -> ControlBudget {
+        ControlBudget {
+            window_start: Instant::now(),
+            frames: 0,
+        }
+    }
+
+    fn count(&mut self) -> Result<(), StreamError> {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) > CONTROL_WINDOW {
+            self.window_start = now;
+            self.frames = 0;
+        }
+        self.frames += 1;
+        if self.frames > CONTROL_BUDGET {
+            return Err(StreamError::Flood {
+                frames: self.frames,
+                within: CONTROL_WINDOW,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads one subscribed socket, forwarding frames to `frames`, until it ends, stays silent
+/// for `idle`, or `shutdown`.
 async fn pump(
-    socket: &mut EventSocket,
-    frames: &mpsc::Sender<Bytes>,
+    subscription: &mut Subscription,
+    frames: &mpsc::Sender<Frame>,
+    idle: Duration,
     shutdown: &CancellationToken,
 ) -> Result<(), StreamError> {
+    let Subscription { socket, nonce } = subscription;
+    let mut last_message = Instant::now();
+    let deadline = tokio::time::sleep(idle);
+    tokio::pin!(deadline);
+    let mut control = ControlBudget::new();
+    let mut drop_next = false;
     loop {
         let message = tokio::select! {
+            biased;
             () = shutdown.cancelled() => {
-                let _ = socket.close(None).await;
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(None)).await;
                 return Ok(());
             }
             message = socket.next() => message,
-        };
-        match message {
-            Some(Ok(Message::Text(text))) => {
-                if frames.send(Bytes::from(text)).await.is_err() {
-                    return Ok(());
+            () = &mut deadline => {
+                if last_message.elapsed() >= idle {
+                    return Err(StreamError::Idle(idle));
                 }
+                deadline.as_mut().reset((last_message + idle).into());
+                continue;
             }
-            Some(Ok(Message::Binary(bytes))) => {
-                if frames.send(bytes).await.is_err() {
-                    return Ok(());
+        };
+        last_message = Instant::now();
+        let frame = match message {
+            Some(Ok(Message::Binary(bytes))) if !std::mem::take(&mut drop_next) => {
+                Frame::Data(bytes)
+            }
+            Some(Ok(Message::Text(text))) if !std::mem::take(&mut drop_next) => {
+                Frame::Data(Bytes::from(text))
+            }
+            Some(Ok(Message::Binary(_) | Message::Text(_))) => continue,
+            Some(Ok(Message::Pong(payload))) => match parse_marker(&payload, *nonce) {
+                Some(skipped) => {
+                    drop_next = skipped.truncated_follows;
+                    Frame::Rejected {
+                        reason: RejectReason::Oversize,
+                        bytes: skipped.bytes,
+                    }
                 }
+                None => {
+                    control.count()?;
+                    continue;
+                }
+            },
+            Some(Ok(Message::Ping(_))) => {
+                control.count()?;
+                continue;
             }
             Some(Ok(Message::Close(frame))) => return Err(close_error(frame, false)),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(StreamError::Lost(e.to_string())),
+            Some(Ok(Message::Frame(_))) => continue,
+            Some(Err(e)) => return Err(StreamError::Lost(escape(&e.to_string(), SHOWN_CHARS))),
             None => return Err(StreamError::Lost("stream ended".to_owned())),
+        };
+        if frames.send(frame).await.is_err() {
+            return Ok(());
         }
     }
 }
@@ -249,12 +356,12 @@ async fn pump(
 pub async fn run(
     config: WsConfig,
     start: Micros,
-    frames: mpsc::Sender<Bytes>,
+    frames: mpsc::Sender<Frame>,
     observer: &dyn StreamObserver,
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
-    let mut last_auth_error: Option<String> = None;
+    let mut last_error: Option<String> = None;
     let mut first = true;
     while !shutdown.is_cancelled() {
         let now = now_micros();
@@ -266,35 +373,46 @@ pub async fn run(
         first = false;
         let until = now + 365 * 24 * 3600 * SECOND;
         let started = Instant::now();
-        let outcome = match subscribe(&config, since, until).await {
-            Ok(mut socket) => {
+        let subscribed = tokio::select! {
+            () = shutdown.cancelled() => break,
+            subscribed = subscribe(&config, since, until) => subscribed,
+        };
+        let outcome = match subscribed {
+            Ok(mut subscription) => {
                 info!(since = %format_rfc3339(since), "Subscribed to the events stream.");
-                last_auth_error = None;
+                last_error = None;
                 observer.connected();
-                let result = pump(&mut socket, &frames, &shutdown).await;
+                let result = pump(&mut subscription, &frames, config.idle_timeout, &shutdown).await;
                 if started.elapsed() >= HEALTHY_AFTER {
                     backoff = BACKOFF_MIN;
                 }
-                result.map(|()| true).map_err(|e| (e, true))
+                result.map_err(|e| (e, true))
             }
             Err(e) => Err((e, false)),
         };
         let delay = match outcome {
-            Ok(_) => break,
+            Ok(()) => break,
             Err((error, was_connected)) => {
                 observer.disconnected(&error, was_connected);
-                if let StreamError::Auth(reason) = &error {
-                    if last_auth_error.as_deref() != Some(reason.as_str()) {
+                let text = error.to_string();
+                let repeated = last_error.as_deref() == Some(text.as_str());
+                let delay = if let StreamError::Auth(_) = &error {
+                    if !repeated {
                         error!(error = %error, retry_in_seconds = AUTH_RETRY.as_secs(), "The Prefect server refused the credentials.");
-                        last_auth_error = Some(reason.clone());
                     }
                     AUTH_RETRY
                 } else {
-                    warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "Events stream ended; reconnecting.");
+                    if repeated {
+                        debug!(error = %error, retry_in_ms = backoff.as_millis() as u64, "The events stream is still unavailable; reconnecting.");
+                    } else {
+                        warn!(error = %error, retry_in_ms = backoff.as_millis() as u64, "Events stream ended; reconnecting.");
+                    }
                     let jittered = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     jittered
-                }
+                };
+                last_error = Some(text);
+                delay
             }
         };
         tokio::select! {

@@ -2,7 +2,9 @@
 //! that change them and the HTTP server that reports them.
 //!
 //! Readiness is a set of named conditions (`baseline`, `stream`, `replay`); the service is
-//! ready when none is unmet, and `/readyz` reports the first unmet one's reason.
+//! ready when none is unmet, and `/readyz` reports the first unmet one's reason. Counters of
+//! the source's and the checks' own troubles (reconnects, cut-off repairs) live here too: they
+//! start at zero with each process.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +17,7 @@ pub struct Status {
     unmet: Mutex<BTreeMap<&'static str, String>>,
     connected: AtomicBool,
     reconnects: Mutex<BTreeMap<String, u64>>,
+    repair_truncated: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Status {
@@ -62,6 +65,16 @@ impl Status {
     /// Counts one reconnection for `reason`.
     pub fn count_reconnect(&self, reason: &str) {
         *self.reconnects.lock().entry(reason.to_owned()).or_default() += 1;
+    }
+
+    /// Counts a repair re-fetch cut off at the page limit `limit`.
+    pub fn count_repair_truncated(&self, limit: &'static str) {
+        *self.repair_truncated.lock().entry(limit).or_default() += 1;
+    }
+
+    /// Repair re-fetches cut off so far, by page limit.
+    pub fn repair_truncated(&self) -> BTreeMap<&'static str, u64> {
+        self.repair_truncated.lock().clone()
     }
 }
 

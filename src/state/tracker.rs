@@ -281,7 +281,14 @@ impl<'t> Writer<'t> {
         self.counts.events.rejected[reason.index()] += 1;
     }
 
-    /// Notes an event seen for the first time: the ledger, the delay, the newest `occurred`.
+    /// The wall-clock time the batch started.
+    pub fn now(&self) -> Micros {
+        self.now
+    }
+
+    /// Notes an event seen for the first time: the ledger (by its `occurred`, as the server
+    /// stores it), the delay, and the newest `occurred` (the resume point) with an `occurred`
+    /// ahead of the wall clock counting as now.
     pub fn admit(&mut self, event: &Event<'_>) {
         let counts = &mut *self.counts;
         if let Some(ledger) = counts.ledger.as_mut() {
@@ -291,8 +298,9 @@ impl<'t> Writer<'t> {
         events
             .delay
             .observe(as_seconds(self.now - event.occurred).max(0.0));
-        if events.last_occurred.is_none_or(|t| event.occurred > t) {
-            events.last_occurred = Some(event.occurred);
+        let at = event.occurred.min(self.now);
+        if events.last_occurred.is_none_or(|t| at > t) {
+            events.last_occurred = Some(at);
         }
     }
 

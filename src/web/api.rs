@@ -13,7 +13,7 @@ use tracing::info;
 
 use crate::expose::collect::Metrics;
 use crate::model::secret::Secret;
-use crate::model::time::wall_clock;
+use crate::model::time::Clock;
 use crate::state::status::Status;
 use crate::state::Shared;
 use crate::web::auth::Authenticator;
@@ -48,11 +48,12 @@ pub struct ApiServer {
 
 impl ApiServer {
     /// Checks the settings (a bad one is a configuration error naming its flag), binds and
-    /// serves `shared` and `status`.
+    /// serves `shared` and `status`, measuring ages against `clock`.
     pub async fn start(
         settings: &WebSettings,
         shared: Arc<Shared>,
         status: Arc<Status>,
+        clock: Clock,
         shutdown: CancellationToken,
     ) -> Result<ApiServer, Error> {
         let auth =
@@ -67,7 +68,6 @@ impl ApiServer {
             cap: ConnectionCap::new(settings.max_connections, stats.clone()),
             tls,
         };
-        let clock = wall_clock();
         let metrics = Metrics::new(shared.clone(), status.clone(), clock.clone());
         stats
             .register(metrics.registry())

@@ -5,7 +5,8 @@
 //! `percent-encoding` (path segments). Both follow the WHATWG URL standard, which passes a
 //! malformed escape (`%zz`, a lone `%`) through as text and replaces bytes that are not UTF-8;
 //! the API refuses both with 400 instead of answering for a name nobody sent. So one check
-//! stays here: [`well_formed_escapes`] before decoding, and strict UTF-8 after.
+//! stays here ([`well_formed_escapes`] and strict UTF-8, per pair in [`check_pairs`] so the
+//! error can name the parameter) before the crates decode.
 
 use std::borrow::Cow;
 
@@ -14,6 +15,7 @@ use percent_encoding::percent_decode_str;
 use crate::expose::resources::{ResourceQuery, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::model::event::{RunKind, StateType};
 use crate::model::time::{micros, parse_duration};
+use crate::web::response::echo;
 
 /// A query the API refuses (400), with a message naming the bad parameter.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,22 +48,37 @@ pub fn percent_decode(text: &str) -> Option<String> {
 /// Splits and decodes `a=b&c=d` (`+` is a space, empty pairs are skipped, a key without `=`
 /// has an empty value).
 pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, QueryError> {
-    if !well_formed_escapes(query) {
-        return Err(QueryError(
-            "query is not valid percent-encoding (a '%' not followed by two hex digits)".to_owned(),
-        ));
-    }
-    // `form_urlencoded` would replace bytes that are not UTF-8; refuse them instead. The
-    // separators (`&`, `=`, `+`) are ASCII, which no multi-byte UTF-8 sequence contains, so
-    // the whole query decodes to UTF-8 exactly when every key and value does.
-    if percent_decode_str(query).decode_utf8().is_err() {
-        return Err(QueryError(
-            "query is not valid percent-encoded UTF-8".to_owned(),
-        ));
-    }
+    check_pairs(query)?;
     Ok(form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect())
+}
+
+/// Refuses a query `form_urlencoded` would decode leniently: the first pair whose key or
+/// value has a malformed escape or is not UTF-8 once decoded, naming the parameter when its
+/// key is readable. The pairs are split as `form_urlencoded` splits them (`&`, then the first
+/// `=`); only the check splits here, the decoding is the crate's.
+fn check_pairs(query: &str) -> Result<(), QueryError> {
+    let strict =
+        |text: &str| well_formed_escapes(text) && percent_decode_str(text).decode_utf8().is_ok();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !strict(key) {
+            return Err(QueryError(
+                "query is not valid percent-encoded UTF-8".to_owned(),
+            ));
+        }
+        if !strict(value) {
+            let (key, _) = form_urlencoded::parse(key.as_bytes())
+                .next()
+                .unwrap_or_default();
+            return Err(QueryError(format!(
+                "query parameter '{}' is not valid percent-encoded UTF-8",
+                echo(&key)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Validates the decoded query parameters of `/api/v1/resources`.
@@ -78,20 +95,20 @@ pub fn resource_query(params: &[(String, String)]) -> Result<ResourceQuery, Quer
             "kind" => {
                 query.kind = RunKind::parse(value).ok_or_else(|| {
                     err(format!(
-                        "kind: unknown kind '{value}' (choices: flow-run, task-run)"
+                        "kind: unknown kind '{}' (choices: flow-run, task-run)",
+                        echo(value)
                     ))
                 })?;
             }
             "state_type" => {
-                query.state_type = Some(
-                    StateType::parse(&value.to_ascii_uppercase())
-                        .ok_or_else(|| err(format!("state_type: unknown state type '{value}'")))?,
-                );
+                query.state_type = Some(StateType::parse(&value.to_ascii_uppercase()).ok_or_else(
+                    || err(format!("state_type: unknown state type '{}'", echo(value))),
+                )?);
             }
             "state_name" => query.state_name = Some(value.clone()),
             "older_than" => {
-                let duration =
-                    parse_duration(value).map_err(|e| err(format!("older_than: {e}")))?;
+                let duration = parse_duration(value)
+                    .map_err(|e| err(format!("older_than: {}", echo(&e.to_string()))))?;
                 query.older_than = Some(micros(duration));
             }
             "limit" => {
@@ -105,7 +122,7 @@ pub fn resource_query(params: &[(String, String)]) -> Result<ResourceQuery, Quer
                         ))
                     })?;
             }
-            other => return Err(err(format!("unknown query parameter '{other}'"))),
+            other => return Err(err(format!("unknown query parameter '{}'", echo(other)))),
         }
     }
     Ok(query)
@@ -149,6 +166,20 @@ mod tests {
         assert_eq!(percent_decode("a+b").unwrap(), "a+b");
         assert_eq!(percent_decode("a%zzb"), None);
         assert_eq!(percent_decode("%e2%98"), None, "a cut-off UTF-8 sequence");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_parameter_and_a_bad_key_the_query() {
+        assert_eq!(
+            parse_query("kind=flow-run&state+name=%ff")
+                .unwrap_err()
+                .to_string(),
+            "query parameter 'state name' is not valid percent-encoded UTF-8"
+        );
+        assert_eq!(
+            parse_query("a=b&%ff=1").unwrap_err().to_string(),
+            "query is not valid percent-encoded UTF-8"
+        );
     }
 
     /// The hand-written decoder this replaced parsed escapes with `u8::from_str_radix`, which

@@ -25,7 +25,7 @@ use crate::web::auth::Authenticator;
 use crate::web::limits::{read_body, Rejection};
 use crate::web::metrics::HttpStats;
 use crate::web::query::{parse_query, percent_decode, resource_query};
-use crate::web::response::{error, json, respond, HttpResponse};
+use crate::web::response::{echo, error, json, respond, HttpResponse};
 use crate::web::server::{serve, ServeConfig};
 
 /// Largest request body the API accepts: it only serves GET and HEAD.
@@ -97,12 +97,19 @@ fn route(state: &ApiState, req: &Request<()>) -> HttpResponse {
         "/" | "/metrics" | "/healthz" | "/readyz" | "/api/v1/counts" | "/api/v1/resources"
     ) || path.starts_with("/api/v1/resources/");
     if !known {
-        return error(StatusCode::NOT_FOUND, &format!("no such path: {path}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            &format!("no such path: {}", echo(path)),
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut response = error(
             StatusCode::METHOD_NOT_ALLOWED,
-            &format!("method {} not allowed on {path}", req.method()),
+            &format!(
+                "method {} not allowed on {}",
+                echo(req.method().as_str()),
+                echo(path)
+            ),
         );
         response
             .headers_mut()
@@ -153,7 +160,10 @@ fn route(state: &ApiState, req: &Request<()>) -> HttpResponse {
             };
             match ResourceView::find(&state.shared, &id, (state.clock)()) {
                 Some(view) => json(StatusCode::OK, &view),
-                None => error(StatusCode::NOT_FOUND, &format!("unknown resource: {id}")),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    &format!("unknown resource: {}", echo(&id)),
+                ),
             }
         }
     }

@@ -763,6 +763,24 @@ def wait_until_equal(
     )
 
 
+def exporter_context(exp) -> Callable[[], str]:
+    """A failure-message callback: the exporter's event and stream counters right now."""
+    def ctx() -> str:
+        try:
+            c = exp.counts()
+            return f"exporter events={c.get('events')} stream={c.get('stream')}"
+        except Exception as exc:  # noqa: BLE001 - context only
+            return f"(exporter counts unavailable: {exc!r})"
+
+    return ctx
+
+
+def require(cond: bool, msg: str) -> None:
+    """A check on the *workload* (what Prefect did), not on the exporter."""
+    if not cond:
+        pytest.fail(f"workload precondition: {msg}", pytrace=False)
+
+
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
     """Poll cond() until truthy; bounded. Returns its value."""
     deadline = time.monotonic() + timeout

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import signal
 import time
 import uuid
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from burst import check_exact_in_time, start_burst, watch_until_exact
 from support import (
-    FLOW_RUN_PREFIX,
     TASK_RUN_PREFIX,
     artifacts,
     create_deployment,
@@ -27,9 +26,11 @@ from support import (
     deployment_id,
     diff,
     exporter_bin,
+    exporter_context,
     exporter_view,
     http,
     log,
+    require,
     set_flow_run_state,
     state_of,
     summary,
@@ -56,23 +57,6 @@ def _exporter_binary():
 
 def tag() -> str:
     return uuid.uuid4().hex[:8]
-
-
-def require(cond: bool, msg: str) -> None:
-    """A check on the *workload* (what Prefect did), not on the exporter."""
-    if not cond:
-        pytest.fail(f"workload precondition: {msg}", pytrace=False)
-
-
-def exporter_context(exp):
-    def ctx() -> str:
-        try:
-            c = exp.counts()
-            return f"exporter events={c.get('events')} stream={c.get('stream')}"
-        except Exception as exc:  # noqa: BLE001 - context only
-            return f"(exporter counts unavailable: {exc!r})"
-
-    return ctx
 
 
 # ====================================================================== shared server (1, 2)
@@ -276,35 +260,7 @@ def test_burst_is_repaired_within_30s(servers, exporters, workloads, tmp_path):
     exp = exporters(server, task_runs=True)
     log(f"exporter ready after {exp.wait_ready(60):.1f} s")
 
-    # 8 processes import Prefect and create their flow run, then wait at a barrier; the go file
-    # releases them together.
-    go = tmp_path / "go"
-    procs = [
-        workloads(server, "burst", "--tasks", str(tasks_n), "--ready-file", str(tmp_path / f"ready{i}"),
-                  "--go-file", str(go), name=f"burst{i}")
-        for i in range(flows_n)
-    ]
-
-    def all_ready():
-        for p in procs:
-            if p.poll() is not None:
-                pytest.fail(f"burst process {p.name} exited early\n{p.output()}", pytrace=False)
-        return all((tmp_path / f"ready{i}").exists() for i in range(flows_n))
-
-    wait_for(all_ready, 180, "burst processes at the barrier", 0.1)
-    go.touch()
-    t_go = time.monotonic()
-    deadline = t_go + 240
-    while any(p.poll() is None for p in procs):
-        if time.monotonic() > deadline:
-            pytest.fail("burst flows still running after 240 s", pytrace=False)
-        time.sleep(0.05)
-    t_last = max(p.finished for p in procs)
-    for p in procs:
-        assert p.proc.returncode == 0, f"{p.name} exited {p.proc.returncode}\n{p.output()}"
-    run_ids = [m.group(1) for p in procs for m in re.finditer(r"WORKLOAD burst-run (\S+)", p.stdout())]
-    require(len(run_ids) == flows_n, f"{flows_n} burst flow run ids, got {run_ids}")
-    log(f"burst: {flows_n} x {tasks_n} tasks ran in {t_last - t_go:.1f} s")
+    burst = start_burst(workloads, server, tmp_path, flows_n, tasks_n)
 
     # The server's own truth is not final when the last flow exits: its event persister
     # (stored events, flushed every 5 s) and task-run recorder (REST task runs, written from
@@ -313,75 +269,19 @@ def test_burst_is_repaired_within_30s(servers, exporters, workloads, tmp_path):
     expected_flow_events = {"Completed": flows_n, "Pending": flows_n, "Running": flows_n}
     expected_task_events = {"Completed": flows_n * tasks_n, "Pending": flows_n * tasks_n, "Running": flows_n * tasks_n}
 
-    def events_settled() -> bool:
-        return (server.rest.state_event_counts(FLOW_RUN_PREFIX) == expected_flow_events
-                and server.rest.state_event_counts(TASK_RUN_PREFIX) == expected_task_events)
-
-    def rest_settled() -> bool:
-        done = server.rest.count("task_runs", ["COMPLETED"], flow_runs={"id": {"any_": run_ids}})
-        return done == flows_n * tasks_n
-
-    def server_side(with_task_totals: bool):
-        side = [truth_view(server, FLOWS, entries=True), server.rest.state_event_counts(TASK_RUN_PREFIX)]
-        if with_task_totals:  # paging every task run is heavy: only once REST has them all
-            side.append(server.rest.truth("task_runs"))
-        return side
-
-    t_events = t_rest = t_exact = None
-    last: list[str] = ["(never compared)"]
-    for _ in range(1000):
-        if t_events is None and events_settled():
-            t_events = time.monotonic()
-        if t_rest is None and rest_settled():
-            t_rest = time.monotonic()
-        t_truth = max(t_events, t_rest) if t_events and t_rest else None
-        got = exporter_view(exp.counts(), BOTH, entries=True)
-        got_tasks = got.get("task_runs") or {}
-        side = server_side(t_rest is not None)
-        flow_diff = diff(got["flow_runs"], side[0]["flow_runs"])
-        entries_diff = diff(got_tasks.get("entries_by_state_name"), side[1])
-        last = [f"flow_runs.{d}" for d in flow_diff] + [f"task_runs.entries_by_state_name.{d}" for d in entries_diff]
-        if t_rest is None:
-            last.append("REST does not have every burst task run completed yet")
-        else:
-            totals = {k: v for k, v in got_tasks.items() if k != "entries_by_state_name"}
-            last += [f"task_runs.{d}" for d in diff(totals, side[2])]
-        if not last and t_truth is not None:
-            if server_side(True) == side:  # the server did not move meanwhile
-                t_exact = time.monotonic()
-                break
-            last = ["server truth changed during the comparison"]
-        # Keep watching past the deadline (asserted below) so that a failure still reports
-        # when, if ever, the exporter became exact.
-        now = time.monotonic()
-        if now > t_last + 300 or (t_truth is not None and now > t_truth + OBSERVE_CAP):
-            break
-        time.sleep(1.0)
+    watch = watch_until_exact(exp, server, burst, expected_flow_events, expected_task_events, OBSERVE_CAP)
 
     repaired = exp.metric_sum(REPAIRED)
     counts = exp.counts()
 
-    def since_last(t):
-        return f"{t - t_last:.1f}" if t is not None else "never"
-
     summary(
-        f"BURST: repaired={int(repaired)} seconds_to_exact={since_last(t_exact)} "
+        f"BURST: repaired={int(repaired)} seconds_to_exact={burst.since_last(watch.t_exact)} "
         f"(seconds after the last flow finished; the server itself had every event stored after "
-        f"{since_last(t_events)} s and every task run in REST after {since_last(t_rest)} s; "
+        f"{burst.since_last(watch.t_events)} s and every task run in REST after {burst.since_last(watch.t_rest)} s; "
         f"events_received={counts['events'].get('received')} flows={flows_n} tasks_per_flow={tasks_n} "
-        f"burst_seconds={t_last - t_go:.1f})"
+        f"burst_seconds={burst.t_last - burst.t_go:.1f})"
     )
-    require(t_events is not None, f"the server never stored all burst state events: "
-            f"{server.rest.state_event_counts(FLOW_RUN_PREFIX)} {server.rest.state_event_counts(TASK_RUN_PREFIX)}")
-    require(t_rest is not None, f"Prefect's REST never showed all {flows_n * tasks_n} task runs completed")
-    assert t_exact is not None, (
-        f"exporter not exact {OBSERVE_CAP} s after the server's truth settled ({since_last(t_truth)} s "
-        f"after the last flow finished):\n  " + "\n  ".join(last[:60])
-    )
-    # 30 s from the last flow finishing, or from the server's truth being complete if that
-    # came later (the exporter cannot be ahead of what the server has stored).
-    late_by = t_exact - max(t_last, t_truth)
-    assert late_by <= 30, f"exact only {late_by:.1f} s after the last flow finished / the truth settled (limit 30 s)"
+    check_exact_in_time(watch, burst, server, expected_flow_events, expected_task_events, OBSERVE_CAP, 30)
 
 
 # ====================================================================== 5: auth

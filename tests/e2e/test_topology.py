@@ -14,23 +14,22 @@ entries compare with every stored state event through both tests.
 from __future__ import annotations
 
 import os
-import re
 import time
 
 import pytest
 
+from burst import check_exact_in_time, start_burst, watch_until_exact
 from support import (
-    FLOW_RUN_PREFIX,
     TASK_RUN_PREFIX,
     Exporter,
     artifacts,
-    diff,
     exporter_bin,
+    exporter_context,
     exporter_view,
     log,
+    require,
     summary,
     truth_view,
-    wait_for,
     wait_quiescent,
     wait_until_equal,
 )
@@ -104,23 +103,6 @@ def _logs_on_failure(request, cluster, exporter):
     artifacts(request).extend([exporter, *cluster.parts()])
 
 
-def require(cond: bool, msg: str) -> None:
-    """A check on the *workload* (what Prefect did), not on the exporter."""
-    if not cond:
-        pytest.fail(f"workload precondition: {msg}", pytrace=False)
-
-
-def exporter_context(exp: Exporter):
-    def ctx() -> str:
-        try:
-            c = exp.counts()
-            return f"exporter events={c.get('events')} stream={c.get('stream')}"
-        except Exception as exc:  # noqa: BLE001 - context only
-            return f"(exporter counts unavailable: {exc!r})"
-
-    return ctx
-
-
 def plus(base: dict[str, int], extra: dict[str, int]) -> dict[str, int]:
     out = dict(base)
     for k, v in extra.items():
@@ -192,35 +174,8 @@ def test_burst_on_replica2_exact_via_replica1(cluster, exporter, workloads, tmp_
     duplicates_before = events_before.get("duplicates", 0)
     repaired_before = exporter.metric_sum(REPAIRED)
 
-    # 8 processes import Prefect and create their flow run (through replica 2), then wait at
-    # a barrier; the go file releases them together.
-    go = tmp_path / "go"
-    procs = [
-        workloads(api2, "burst", "--tasks", str(tasks_n), "--ready-file", str(tmp_path / f"ready{i}"),
-                  "--go-file", str(go), name=f"burst{i}")
-        for i in range(flows_n)
-    ]
-
-    def all_ready():
-        for p in procs:
-            if p.poll() is not None:
-                pytest.fail(f"burst process {p.name} exited early\n{p.output()}", pytrace=False)
-        return all((tmp_path / f"ready{i}").exists() for i in range(flows_n))
-
-    wait_for(all_ready, 180, "burst processes at the barrier", 0.1)
-    go.touch()
-    t_go = time.monotonic()
-    deadline = t_go + 240
-    while any(p.poll() is None for p in procs):
-        if time.monotonic() > deadline:
-            pytest.fail("burst flows still running after 240 s", pytrace=False)
-        time.sleep(0.05)
-    t_last = max(p.finished for p in procs)
-    for p in procs:
-        assert p.proc.returncode == 0, f"{p.name} exited {p.proc.returncode}\n{p.output()}"
-    run_ids = [m.group(1) for p in procs for m in re.finditer(r"WORKLOAD burst-run (\S+)", p.stdout())]
-    require(len(run_ids) == flows_n, f"{flows_n} burst flow run ids, got {run_ids}")
-    log(f"burst: {flows_n} x {tasks_n} tasks ran in {t_last - t_go:.1f} s")
+    # Eight flow processes run through replica 2, released together from a barrier.
+    burst = start_burst(workloads, api2, tmp_path, flows_n, tasks_n)
 
     # The server's own truth is complete only once the services process has stored every
     # event (event persister) and written every task run (task-run recorder). Both are known
@@ -229,51 +184,7 @@ def test_burst_on_replica2_exact_via_replica1(cluster, exporter, workloads, tmp_
     expected_flow_events = plus(flow_events_before, {k: v * flows_n for k, v in each.items()})
     expected_task_events = plus(task_events_before, {k: v * flows_n * tasks_n for k, v in each.items()})
 
-    def events_settled() -> bool:
-        return (dict(sorted(api1.rest.state_event_counts(FLOW_RUN_PREFIX).items())) == expected_flow_events
-                and dict(sorted(api1.rest.state_event_counts(TASK_RUN_PREFIX).items())) == expected_task_events)
-
-    def rest_settled() -> bool:
-        done = api1.rest.count("task_runs", ["COMPLETED"], flow_runs={"id": {"any_": run_ids}})
-        return done == flows_n * tasks_n
-
-    def server_side(with_task_totals: bool):
-        side = [truth_view(api1, FLOWS, entries=True), api1.rest.state_event_counts(TASK_RUN_PREFIX)]
-        if with_task_totals:  # paging every task run is heavy: only once REST has them all
-            side.append(api1.rest.truth("task_runs"))
-        return side
-
-    t_events = t_rest = t_exact = None
-    last: list[str] = ["(never compared)"]
-    for _ in range(1000):
-        if t_events is None and events_settled():
-            t_events = time.monotonic()
-        if t_rest is None and rest_settled():
-            t_rest = time.monotonic()
-        t_truth = max(t_events, t_rest) if t_events and t_rest else None
-        got = exporter_view(exporter.counts(), BOTH, entries=True)
-        got_tasks = got.get("task_runs") or {}
-        side = server_side(t_rest is not None)
-        last = [f"flow_runs.{d}" for d in diff(got["flow_runs"], side[0]["flow_runs"])]
-        last += [f"task_runs.entries_by_state_name.{d}" for d in diff(got_tasks.get("entries_by_state_name"), side[1])]
-        if t_rest is None:
-            last.append("REST does not have every burst task run completed yet")
-        else:
-            totals = {k: v for k, v in got_tasks.items() if k != "entries_by_state_name"}
-            last += [f"task_runs.{d}" for d in diff(totals, side[2])]
-        if t_events is None:
-            last.append("the server has not stored every burst state event yet")
-        if not last and t_truth is not None:
-            if server_side(True) == side:  # the server did not move meanwhile
-                t_exact = time.monotonic()
-                break
-            last = ["server truth changed during the comparison"]
-        # Keep watching past the deadline (asserted below) so that a failure still reports
-        # when, if ever, the exporter became exact.
-        now = time.monotonic()
-        if now > t_last + 300 or (t_truth is not None and now > t_truth + OBSERVE_CAP):
-            break
-        time.sleep(1.0)
+    watch = watch_until_exact(exporter, api1, burst, expected_flow_events, expected_task_events, OBSERVE_CAP)
 
     counts = exporter.counts()
     repaired = exporter.metric_sum(REPAIRED) - repaired_before
@@ -281,28 +192,12 @@ def test_burst_on_replica2_exact_via_replica1(cluster, exporter, workloads, tmp_
     duplicates = counts["events"].get("duplicates", 0) - duplicates_before
     windows = {r: int(exporter.metric_sum(VERIFY_WINDOWS, result=r)) for r in ("match", "repaired", "failed")}
 
-    def since_last(t):
-        return f"{t - t_last:.1f}" if t is not None else "never"
-
     summary(
-        f"TOPOLOGY-BURST: repaired={int(repaired)} seconds_to_exact={since_last(t_exact)} "
+        f"TOPOLOGY-BURST: repaired={int(repaired)} seconds_to_exact={burst.since_last(watch.t_exact)} "
         f"(seconds after the last flow finished; the server had every event stored after "
-        f"{since_last(t_events)} s and every task run in REST after {since_last(t_rest)} s; "
+        f"{burst.since_last(watch.t_events)} s and every task run in REST after {burst.since_last(watch.t_rest)} s; "
         f"events_received={received} duplicates={duplicates} verify_windows(module)={windows} "
         f"reconnects={counts['stream'].get('reconnects')} "
-        f"flows={flows_n} tasks_per_flow={tasks_n} burst_seconds={t_last - t_go:.1f})"
+        f"flows={flows_n} tasks_per_flow={tasks_n} burst_seconds={burst.t_last - burst.t_go:.1f})"
     )
-    require(t_events is not None, "the server never stored all burst state events: "
-            f"{api1.rest.state_event_counts(FLOW_RUN_PREFIX)} {api1.rest.state_event_counts(TASK_RUN_PREFIX)} "
-            f"expected {expected_flow_events} {expected_task_events}")
-    require(t_rest is not None, f"Prefect's REST never showed all {flows_n * tasks_n} task runs completed")
-    assert t_exact is not None, (
-        f"exporter not exact {OBSERVE_CAP} s after the server's truth settled ({since_last(t_truth)} s "
-        f"after the last flow finished):\n  " + "\n  ".join(last[:60])
-    )
-    # Counted from the last flow finishing, or from the server's truth being complete if that
-    # came later (the exporter cannot be ahead of what the server has stored).
-    late_by = t_exact - max(t_last, t_truth)
-    assert late_by <= EXACT_WITHIN, (
-        f"exact only {late_by:.1f} s after the last flow finished / the truth settled (limit {EXACT_WITHIN} s)"
-    )
+    check_exact_in_time(watch, burst, api1, expected_flow_events, expected_task_events, OBSERVE_CAP, EXACT_WITHIN)

@@ -123,3 +123,153 @@ fn help_exits_0() {
     assert_eq!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stdout).contains("replay"));
 }
+
+#[test]
+fn a_directory_given_as_a_replay_file_exits_2_naming_the_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap();
+    let stderr = one_line_error(&["replay", dir], "FILE");
+    assert_eq!(
+        stderr.trim_end(),
+        format!("error: FILE: cannot read {dir}: it is a directory")
+    );
+    let stderr = one_line_error(
+        &["run", "--listen", "127.0.0.1:0", "--replay", dir],
+        "--replay",
+    );
+    assert_eq!(
+        stderr.trim_end(),
+        format!("error: --replay: cannot read {dir}: it is a directory")
+    );
+}
+
+/// Runs the binary with `args` and one environment variable; returns its one stderr line
+/// (exit 2 required).
+fn one_line_error_with_env(args: &[&str], var: &str, value: &str) -> String {
+    let output = crate::support::binary()
+        .args(args)
+        .env(var, value)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{var}={value}: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{var}={value}: {stderr}"
+    );
+    stderr.trim_end().to_owned()
+}
+
+#[test]
+fn a_bad_value_from_the_environment_names_the_variable() {
+    let file = replay_data("synthetic-duplicates.jsonl");
+    let file = file.to_str().unwrap();
+    let stderr =
+        one_line_error_with_env(&["replay", file], "PREFECT_EXPORTER_DEDUP_WINDOW", "banana");
+    assert!(
+        stderr.starts_with(
+            "error: invalid value 'banana' for PREFECT_EXPORTER_DEDUP_WINDOW (--dedup-window): "
+        ),
+        "{stderr}"
+    );
+    // The same value on the command line names the flag alone.
+    let stderr = one_line_error(
+        &["replay", "--dedup-window", "banana", file],
+        "--dedup-window",
+    );
+    assert!(
+        !stderr.contains("PREFECT_EXPORTER_DEDUP_WINDOW"),
+        "{stderr}"
+    );
+    // The command line wins over the environment: its value is the one refused.
+    let output = crate::support::binary()
+        .args(["replay", "--dedup-window", "5m", file])
+        .env("PREFECT_EXPORTER_DEDUP_WINDOW", "banana")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    // A variable of the bare invocation's (`run`'s) flags is not read by `replay`.
+    let output = crate::support::binary()
+        .args(["replay", file])
+        .env("PREFECT_EXPORTER_LISTEN", "bad")
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A value refused after parsing (the bcrypt hash's form) names the variable too.
+    let stderr = one_line_error_with_env(
+        &["run", "--listen", "127.0.0.1:0", "--replay", file],
+        "PREFECT_EXPORTER_WEB_BASIC_AUTH",
+        "nocolon",
+    );
+    assert!(
+        stderr.starts_with(
+            "error: PREFECT_EXPORTER_WEB_BASIC_AUTH (--web-basic-auth): expected USER:BCRYPT_HASH"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("nocolon"), "{stderr}");
+    let stderr = one_line_error_with_env(&["replay", file], "PREFECT_EXPORTER_GROUP_BY", "colour");
+    assert!(
+        stderr.starts_with(
+            "error: invalid value 'colour' for PREFECT_EXPORTER_GROUP_BY (--group-by): "
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn negative_looking_values_reach_the_value_check() {
+    let file = replay_data("synthetic-duplicates.jsonl");
+    let file = file.to_str().unwrap();
+    for (flag, value) in [
+        ("--verify-interval", "-5s"),
+        ("--reconcile-interval", "-1m"),
+        ("--snapshot-interval", "-10s"),
+        ("--web-header-timeout", "-2s"),
+        ("--web-max-connections", "-1"),
+        ("--dedup-window", "-30m"),
+        ("--dedup-capacity", "-4"),
+    ] {
+        let stderr = one_line_error(
+            &[
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--replay",
+                file,
+                flag,
+                value,
+            ],
+            flag,
+        );
+        assert!(
+            stderr.starts_with(&format!("error: invalid value '{value}' for '{flag} ")),
+            "{flag} {value}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn run_help_says_it_follows_a_prefect_server_unless_replaying() {
+    let output = run_to_end(&["run", "--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    let about = help.lines().next().unwrap_or("");
+    assert_eq!(
+        about,
+        "Follow a Prefect server's events stream (`--prefect-api-url`), or recorded files with `--replay`, and serve the counts over HTTP until SIGINT/SIGTERM"
+    );
+    let top = String::from_utf8_lossy(&run_to_end(&["--help"]).stdout).into_owned();
+    assert!(
+        top.contains("run           Follow a Prefect server's events stream"),
+        "{top}"
+    );
+}

@@ -1,13 +1,20 @@
 //! Integration tests: the built binary driven through its public surface (flags, files,
 //! HTTP), with exact values from independent ground truth.
 
+mod basic_auth;
+mod fake_prefect;
 mod flags;
 mod flood;
 mod http_api;
+mod http_echo;
 mod http_hardening;
 mod layers;
 mod properties;
+mod readme;
 mod replay_files;
+mod rest_hostile;
 mod serve_replay;
+mod shutdown;
 mod state_file;
 mod support;
+mod ws_hostile;

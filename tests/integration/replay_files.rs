@@ -152,3 +152,94 @@ fn prometheus_output_of_replay_has_the_same_totals() {
     );
     assert!(text.contains("prefect_flow_runs{state_type=\"RUNNING\",state_name=\"Running\"} 1\n"));
 }
+
+/// Regression (issue 16): one event with a far-future `occurred` moved the dedup window, the
+/// retention clock and the resume point to year 9999. Replaying the main recording's first
+/// 1,500 lines twice with such an event between them then counted every event twice
+/// (duplicates 1,499 -> 0, entries 885 -> 1,770, total runs 283 -> 466).
+#[test]
+fn one_event_from_the_future_neither_blinds_dedup_nor_moves_time() {
+    let main = std::fs::read_to_string(replay_data("prefect-3.9.1-main.jsonl")).unwrap();
+    let first: Vec<&str> = main.lines().take(1_500).collect();
+    let future = first
+        .iter()
+        .find(|l| l.contains("\"prefect.state-type\""))
+        .expect("a state event")
+        .replacen("\"occurred\":\"2026-", "\"occurred\":\"9999-", 1)
+        .replacen("\"id\":\"", "\"id\":\"f", 1)
+        .replacen("\"id\":\"f0", "\"id\":\"ff", 1);
+    assert!(future.contains("9999-"), "{future}");
+    let dir = tempfile::tempdir().unwrap();
+    let once = dir.path().join("once.jsonl");
+    let twice = dir.path().join("twice.jsonl");
+    std::fs::write(&once, first.join("\n")).unwrap();
+    let mut out = std::fs::File::create(&twice).unwrap();
+    writeln!(out, "{}\n{future}\n{}", first.join("\n"), first.join("\n")).unwrap();
+
+    let once = replay_json(&[once.to_str().unwrap()]);
+    let twice = replay_json(&[twice.to_str().unwrap()]);
+    let events = once["events"]["received"].as_u64().unwrap();
+    assert_eq!(events, 1_499, "the issue's figures");
+    assert_eq!(once["flow_runs"]["total"], 283);
+    assert_eq!(twice["events"]["duplicates"].as_u64().unwrap(), events);
+    assert_eq!(twice["events"]["rejected_by_reason"]["future_timestamp"], 1);
+    assert_eq!(
+        twice["flow_runs"], once["flow_runs"],
+        "the second copy changes nothing"
+    );
+    let entries: u64 = twice["flow_runs"]["entries_by_state_name"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(entries, 885);
+}
+
+/// Regression (issue 16): in replay mode ages were measured against the wall clock
+/// (`oldest_state_age_seconds` of about 512,716 s for a recording days old); they are measured
+/// against the recording's newest event.
+#[test]
+fn replay_ages_are_measured_against_the_recordings_newest_event() {
+    let event = |id: u32, run: u32, at: &str, ty: &str, name: &str| {
+        format!(
+            r#"{{"id":"00000000-0000-7000-8000-{id:012}","event":"prefect.flow-run.{name}","occurred":"{at}","resource":{{"prefect.resource.id":"prefect.flow-run.00000000-0000-4000-8000-{run:012}","prefect.state-type":"{ty}","prefect.state-name":"{name}"}},"payload":{{"initial_state":null,"validated_state":{{"type":"{ty}","name":"{name}"}}}}}}"#
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ages.jsonl");
+    let lines = [
+        event(1, 1, "2026-11-25T01:00:00Z", "PENDING", "Pending"),
+        event(2, 2, "2026-11-25T01:01:40Z", "SCHEDULED", "Scheduled"),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let output = run_to_end(&["replay", "--output", "prometheus", file.to_str().unwrap()]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let age = |state: &str, name: &str| {
+        let prefix = format!(
+            "prefect_flow_run_oldest_state_age_seconds{{state_type=\"{state}\",state_name=\"{name}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+            .unwrap_or_else(|| panic!("no age for {state}: {text}"))
+    };
+    assert_eq!(age("PENDING", "Pending"), "100");
+    assert_eq!(age("SCHEDULED", "Scheduled"), "0");
+}
+
+#[test]
+fn a_utf8_byte_order_mark_at_the_start_of_a_file_is_skipped() {
+    let original = replay_data("synthetic-duplicates.jsonl");
+    let mut marked = tempfile::NamedTempFile::new().unwrap();
+    marked.write_all(b"\xEF\xBB\xBF").unwrap();
+    marked
+        .write_all(&std::fs::read(&original).unwrap())
+        .unwrap();
+    marked.flush().unwrap();
+    let plain = replay_json(&[original.to_str().unwrap()]);
+    let with_mark = replay_json(&[marked.path().to_str().unwrap()]);
+    assert_eq!(with_mark["events"]["rejected"], 0);
+    assert_eq!(with_mark["flow_runs"], plain["flow_runs"]);
+    assert_eq!(with_mark["events"], plain["events"]);
+}

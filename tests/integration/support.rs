@@ -10,9 +10,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// The binary under test.
+/// The binary under test (`PREFECT_EXPORTER_TEST_BINARY` runs the tests against another
+/// build, e.g. an older commit's, to see a regression test fail there).
 pub fn binary() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_prefect-events-exporter"))
+    match std::env::var_os("PREFECT_EXPORTER_TEST_BINARY") {
+        Some(path) => Command::new(path),
+        None => Command::new(env!("CARGO_BIN_EXE_prefect-events-exporter")),
+    }
 }
 
 /// `replay-data/` of this repository.
@@ -141,8 +145,15 @@ impl Service {
 
     /// Starts the binary with `args` and waits for the log line with its listen address.
     pub fn spawn(args: &[&str]) -> Service {
+        Service::spawn_with_env(args, &[])
+    }
+
+    /// [`Service::spawn`] with extra environment variables. Logs may be JSON or text (the
+    /// address is then read from `listen=`).
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Service {
         let mut child = binary()
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -173,9 +184,80 @@ impl Service {
             if let Some(listen) = parsed["fields"]["listen"].as_str() {
                 break listen.parse().expect("listen address");
             }
+            let text = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("listen="));
+            if let Some(listen) = text.filter(|_| line.contains("Serving HTTP")) {
+                break listen.parse().expect("listen address");
+            }
         };
         service.addr = addr;
         service
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().expect("poll child")
+    }
+
+    /// Log lines printed so far (waiting at most `within` for the first).
+    pub fn drain_logs(&self, within: Duration) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Ok(line) = self.logs.recv_timeout(within) {
+            lines.push(line);
+        }
+        lines.extend(self.logs.try_iter());
+        lines
+    }
+
+    /// Collects log lines until one satisfies `found` (returned last) or `within` passes.
+    pub fn logs_until(
+        &self,
+        within: Duration,
+        found: impl Fn(&str) -> bool,
+    ) -> (bool, Vec<String>) {
+        let deadline = Instant::now() + within;
+        let mut lines = Vec::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.logs.recv_timeout(remaining) {
+                Ok(line) => {
+                    let hit = found(&line);
+                    lines.push(line);
+                    if hit {
+                        return (true, lines);
+                    }
+                }
+                Err(_) => return (false, lines),
+            }
+        }
+    }
+
+    /// Sends SIGTERM; the exit status and how long the exit took (panics after `limit`).
+    pub fn terminate_within(mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let sent = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("poll") {
+                return (status, sent.elapsed());
+            }
+            if sent.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// `http://ADDR/api`.
@@ -317,6 +399,34 @@ pub fn http_with_body(
         headers,
         body: body.to_owned(),
     }
+}
+
+/// The resident set size of process `pid` in KiB (`VmRSS`), or 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The value of the Prometheus sample `name{labels…}` (labels in any order, all given must
+/// match) in `/metrics` text.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            let all = labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (n == name && all).then(|| value.parse().ok())?
+        })
 }
 
 /// The Python interpreter with `prometheus_client` (set by `scripts/test.sh`).
