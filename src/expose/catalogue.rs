@@ -1,8 +1,9 @@
 //! Every metric family of the state and the exporter's own condition: name, help text, type
 //! and labels, in one place. The state's families ([`KindDefs`]) are definitions the
 //! direct encoder writes from; the exporter's own ([`ExporterMetrics`]) are `prometheus`
-//! library metrics in the exporter's registry. (The HTTP server defines its own families
-//! in `web::metrics`; the `prometheus` crate's process collector adds `process_*`.)
+//! library metrics in the exporter's registry, the HTTP server's ([`HttpMetrics`], updated
+//! by `web::metrics`) among them. (The `prometheus` crate's process collector adds
+//! `process_*`.)
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -172,6 +173,50 @@ pub(crate) struct ExporterMetrics {
     pub(crate) state_pause_seconds: GaugeVec,
     pub(crate) build_info: IntGaugeVec,
     pub(crate) scrape_duration: Gauge,
+}
+
+/// The HTTP server's families: open and refused connections, refused requests. Library
+/// metrics the server updates itself (a few atomic operations per connection, none per
+/// event); registered with the exporter's others when the API server starts (an offline
+/// `replay --output prometheus` has no HTTP server to count).
+#[derive(Clone, Debug)]
+pub(crate) struct HttpMetrics {
+    pub(crate) open: IntGauge,
+    pub(crate) refused: IntCounter,
+    /// By `reason` (`unauthorized`, `body_too_large`, `body_timeout`).
+    pub(crate) rejected: IntCounterVec,
+}
+
+impl HttpMetrics {
+    /// The HTTP families at zero, not registered anywhere.
+    pub(crate) fn new() -> prometheus::Result<HttpMetrics> {
+        Ok(HttpMetrics {
+            open: IntGauge::new(
+                "prefect_exporter_http_connections_open",
+                "HTTP connections open now.",
+            )?,
+            refused: IntCounter::new(
+                "prefect_exporter_http_connections_refused_total",
+                "HTTP connections closed at once because --web-max-connections were open.",
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "prefect_exporter_http_requests_rejected_total",
+                    "HTTP requests refused before routing, by reason (unauthorized, body_too_large, body_timeout).",
+                ),
+                &["reason"],
+            )?,
+        })
+    }
+
+    /// The same families, registered in `r`.
+    pub(crate) fn registered(r: &Registry) -> prometheus::Result<HttpMetrics> {
+        let http = HttpMetrics::new()?;
+        r.register(Box::new(http.open.clone()))?;
+        r.register(Box::new(http.refused.clone()))?;
+        r.register(Box::new(http.rejected.clone()))?;
+        Ok(http)
+    }
 }
 
 impl ExporterMetrics {

@@ -1,6 +1,6 @@
 //! The exporter's metrics at scrape time: one [`Metrics`] owns the exporter's
-//! [`prometheus::Registry`] (the exporter's own families, the HTTP server's, the process
-//! collector's) and the state's families, and renders them all with one [`Encoder`].
+//! [`prometheus::Registry`] (the exporter's own families, the HTTP server's among them, and
+//! the process collector's) and the state's families, and renders them all with one [`Encoder`].
 //!
 //! Counts are not kept in metric types on the hot path: the state's families are built from
 //! a copy of the aggregates at scrape time and handed to the encoder as [`Family`]s, which
@@ -18,7 +18,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::Registry;
 
-use crate::expose::catalogue::{Def, ExporterMetrics, SCRAPE_DURATION};
+use crate::expose::catalogue::{Def, ExporterMetrics, HttpMetrics, SCRAPE_DURATION};
 use crate::expose::exporter_metrics::proto_histogram;
 use crate::expose::exposition::{self, Encoder, Format, Kind};
 use crate::expose::state_families::StateCollector;
@@ -109,9 +109,10 @@ impl Metrics {
         }
     }
 
-    /// The registry other parts register their own library metrics in (the HTTP server's).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// The HTTP server's families, registered here, for the server to update. Fails when
+    /// they already are (a second server on the same `Metrics`).
+    pub(crate) fn register_http(&self) -> prometheus::Result<HttpMetrics> {
+        HttpMetrics::registered(&self.registry)
     }
 
     /// Every family as text in `format`: the state's families in definition order (samples

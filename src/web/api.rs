@@ -62,16 +62,14 @@ impl ApiServer {
             Some((cert, key)) => Some(crate::web::tls::acceptor(cert, key)?),
             None => None,
         };
-        let stats = Arc::new(HttpStats::new());
+        let metrics = Metrics::new(shared.clone(), status.clone(), clock.clone());
+        let http = (metrics.register_http()).map_err(|source| Error::Metrics { source })?;
+        let stats = Arc::new(HttpStats::new(&http));
         let config = ServeConfig {
             header_timeout: settings.header_timeout,
             cap: ConnectionCap::new(settings.max_connections, stats.clone()),
             tls,
         };
-        let metrics = Metrics::new(shared.clone(), status.clone(), clock.clone());
-        stats
-            .register(metrics.registry())
-            .map_err(|source| Error::Metrics { source })?;
         let (listener, local) = bind(settings.listen).await?;
         info!(
             listen = %local,

@@ -1,11 +1,10 @@
-//! The HTTP server's own metric families (open and refused connections, refused requests):
-//! every name, help text and label in [`HttpStats::new`]. They are `prometheus` library
-//! metrics updated as connections come and go (a few atomic operations per connection, none
-//! per event), registered in the exporter's registry
-//! ([`Metrics::registry`](crate::expose::collect::Metrics::registry)) when the API starts.
+//! The HTTP server's counts (open and refused connections, refused requests), kept in the
+//! exporter's library metrics of [`HttpMetrics`] (names and help in the catalogue, registered
+//! with the exporter's others): [`HttpStats`] is the server's handle on them.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntGauge};
 
+use crate::expose::catalogue::HttpMetrics;
 use crate::web::limits::Rejection;
 
 /// What the HTTP server refused and holds: the HTTP families' values.
@@ -13,51 +12,19 @@ use crate::web::limits::Rejection;
 pub struct HttpStats {
     open: IntGauge,
     refused: IntCounter,
-    rejected_by_reason: IntCounterVec,
-    /// The children of `rejected_by_reason`, by [`Rejection::ALL`] order.
+    /// The children of the rejected-requests family, by [`Rejection::ALL`] order.
     rejected: [IntCounter; 3],
 }
 
 impl HttpStats {
-    /// The HTTP families, at zero and not registered anywhere yet.
-    ///
-    /// # Panics
-    ///
-    /// Never: the names and labels below are valid (every test that starts a server checks
-    /// it).
-    pub fn new() -> HttpStats {
-        let open = IntGauge::new(
-            "prefect_exporter_http_connections_open",
-            "HTTP connections open now.",
-        )
-        .expect("valid name");
-        let refused = IntCounter::new(
-            "prefect_exporter_http_connections_refused_total",
-            "HTTP connections closed at once because --web-max-connections were open.",
-        )
-        .expect("valid name");
-        let rejected_by_reason = IntCounterVec::new(
-            Opts::new(
-                "prefect_exporter_http_requests_rejected_total",
-                "HTTP requests refused before routing, by reason (unauthorized, body_too_large, body_timeout).",
-            ),
-            &["reason"],
-        )
-        .expect("valid name and label");
-        let rejected = Rejection::ALL.map(|r| rejected_by_reason.with_label_values(&[r.label()]));
+    /// The server's handle on `metrics` (the exporter's, from
+    /// [`Metrics`](crate::expose::collect::Metrics)).
+    pub(crate) fn new(metrics: &HttpMetrics) -> HttpStats {
         HttpStats {
-            open,
-            refused,
-            rejected_by_reason,
-            rejected,
+            open: metrics.open.clone(),
+            refused: metrics.refused.clone(),
+            rejected: Rejection::ALL.map(|r| metrics.rejected.with_label_values(&[r.label()])),
         }
-    }
-
-    /// Adds the HTTP families to `registry`; fails when their names are already there.
-    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.open.clone()))?;
-        registry.register(Box::new(self.refused.clone()))?;
-        registry.register(Box::new(self.rejected_by_reason.clone()))
     }
 
     /// Counts a refused request.
@@ -103,21 +70,28 @@ impl HttpStats {
 }
 
 impl Default for HttpStats {
+    /// Counts kept in metrics no registry shows (for a server without an exporter's
+    /// [`Metrics`](crate::expose::collect::Metrics), as in tests).
+    ///
+    /// # Panics
+    ///
+    /// Never: the catalogue's HTTP names and labels are valid (its tests check them).
     fn default() -> HttpStats {
-        HttpStats::new()
+        HttpStats::new(&HttpMetrics::new().expect("valid names and labels"))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use prometheus::Registry;
+
     use super::*;
     use crate::expose::exposition::{Encoder, Format};
 
     #[test]
     fn registered_families_render_with_their_values() {
         let registry = Registry::new();
-        let stats = HttpStats::new();
-        stats.register(&registry).unwrap();
+        let stats = HttpStats::new(&HttpMetrics::registered(&registry).unwrap());
         stats.opened();
         stats.opened();
         stats.closed();
@@ -146,7 +120,7 @@ mod tests {
             ]
         );
         assert!(
-            stats.register(&registry).is_err(),
+            HttpMetrics::registered(&registry).is_err(),
             "a second registration is refused"
         );
     }
