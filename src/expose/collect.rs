@@ -4,8 +4,9 @@
 //!
 //! Counts are not kept in metric types on the hot path: the state's families are built from
 //! a copy of the aggregates at scrape time and handed to the encoder as [`Family`]s, which
-//! it writes straight to text (the direct path: at 10,000 series it is several times faster
-//! than gathering the same samples as `prometheus` metric families, see `benches/scrape.rs`);
+//! it writes straight to text (the direct path: at 10,000 series it takes 2.45 times fewer
+//! instructions than gathering the same samples as `prometheus` metric families, see
+//! `benches/scrape.rs` and the README's Measured table);
 //! the exporter's own library metrics are set from the state just before the registry is
 //! gathered (`exporter_metrics`). Ingestion pays nothing for metrics.
 
