@@ -2,13 +2,18 @@
 //! series of the large families (5,000 deployments, each with one PENDING run: one entry
 //! series and one active series each), as `scripts/bench-e2e.sh` scrapes over HTTP.
 //!
+//! Each format twice: `direct/*` is what the service does (the state's families written
+//! straight by the encoder, the exporter's and the process's gathered from the registry);
+//! `registry/*` gathers the state's families from the `prometheus` registry too, as
+//! library metric families, before the same encoder writes them.
+//!
 //! Run: `cargo bench --bench scrape`.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use prefect_events_exporter::expose::collect::Metrics;
+use prefect_events_exporter::expose::collect::{Metrics, StatePath};
 use prefect_events_exporter::expose::exposition::Format;
 use prefect_events_exporter::ingest::{Pipeline, PipelineConfig};
 use prefect_events_exporter::model::group_by::GroupBy;
@@ -52,18 +57,27 @@ fn pipeline() -> Pipeline {
 fn benches(c: &mut Criterion) {
     let p = pipeline();
     let clock: Clock = Arc::new(|| 1_800_000_000_000_000);
-    let metrics = Metrics::new(p.shared(), Arc::new(Status::new()), clock);
-    let text = metrics.render(Format::Prometheus);
-    let series = text.lines().filter(|l| !l.starts_with('#')).count();
-    assert!(series > 2 * DEPLOYMENTS, "{series} series");
-    println!("scrape bench: {series} series, {} bytes", text.len());
     let mut group = c.benchmark_group("scrape");
-    group.bench_function("prometheus_text", |b| {
-        b.iter(|| black_box(metrics.render(Format::Prometheus)))
-    });
-    group.bench_function("openmetrics", |b| {
-        b.iter(|| black_box(metrics.render(Format::OpenMetrics)))
-    });
+    for (path, name) in [
+        (StatePath::Direct, "direct"),
+        (StatePath::Registry, "registry"),
+    ] {
+        let metrics =
+            Metrics::with_state_path(p.shared(), Arc::new(Status::new()), clock.clone(), path);
+        let text = metrics.render(Format::Prometheus);
+        let series = text.lines().filter(|l| !l.starts_with('#')).count();
+        assert!(series > 2 * DEPLOYMENTS, "{series} series");
+        println!(
+            "scrape bench ({name}): {series} series, {} bytes",
+            text.len()
+        );
+        group.bench_function(format!("{name}/prometheus_text"), |b| {
+            b.iter(|| black_box(metrics.render(Format::Prometheus)))
+        });
+        group.bench_function(format!("{name}/openmetrics"), |b| {
+            b.iter(|| black_box(metrics.render(Format::OpenMetrics)))
+        });
+    }
     group.finish();
 }
 

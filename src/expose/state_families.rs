@@ -1,54 +1,48 @@
-//! The families of the state and of the exporter's own condition, built at scrape time from
-//! a copy of the aggregates (names and help in [`crate::expose::catalogue`]).
+//! The state's families (runs by state, entries, transitions, active runs, oldest ages,
+//! durations), built at scrape time from a copy of the aggregates (names and help in
+//! [`crate::expose::catalogue`]). They are the high-cardinality part of a scrape (one series
+//! per state and label set), written straight to text by the encoder; the exporter's own
+//! families are library metrics in the registry (`exporter_metrics`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::expose::catalogue::{ExporterDefs, KindDefs};
-use crate::expose::collect::{
-    by_series, counter, gauge, histogram, sorted, Collector, Family, Text, Value,
-};
+use crate::expose::catalogue::{Def, KindDefs};
+use crate::expose::collect::{by_series, counter, gauge, histogram, sorted, Family, Text};
 use crate::expose::report::shown_runs;
 use crate::model::event::{RunKind, StateKey, StateType};
-use crate::model::reject::RejectReason;
 use crate::model::time::{as_seconds, Clock, Micros};
 use crate::state::counts::KindCounts;
 use crate::state::labels::{LabelSet, SeriesId};
-use crate::state::status::Status;
 use crate::state::Shared;
 
 /// When the longest-waiting run of each non-terminal state entered it, by state.
 type Oldest = Vec<(StateKey, Micros)>;
 
-/// Builds every family from the shared state at scrape time.
+/// Builds the state's families from the shared state at scrape time.
 pub struct StateCollector {
     shared: Arc<Shared>,
-    status: Arc<Status>,
     clock: Clock,
     kinds: [KindDefs; 2],
-    exporter: ExporterDefs,
 }
 
 impl StateCollector {
     /// A collector over `shared`, with ages measured by `clock`.
-    pub fn new(
-        shared: Arc<Shared>,
-        status: Arc<Status>,
-        clock: Clock,
-        group_by: &[String],
-    ) -> StateCollector {
+    pub fn new(shared: Arc<Shared>, clock: Clock, group_by: &[String]) -> StateCollector {
         let kinds = [
             KindDefs::new(RunKind::FlowRun, group_by),
             KindDefs::new(RunKind::TaskRun, group_by),
         ];
-        let exporter = ExporterDefs::new();
         StateCollector {
             shared,
-            status,
             clock,
             kinds,
-            exporter,
         }
+    }
+
+    /// Every definition, both run kinds (for the registry's descriptors).
+    pub(crate) fn defs(&self) -> impl Iterator<Item = &Def> {
+        self.kinds.iter().flat_map(KindDefs::all)
     }
 
     fn kind_families<'s>(
@@ -149,200 +143,23 @@ impl StateCollector {
     }
 }
 
-impl Collector for StateCollector {
-    /// Every family, built from a copy of the aggregates.
-    fn families(&self) -> Vec<Family<'_>> {
-        let (kinds, events, checks, series_values, dims) = self.shared.with_counts(|counts| {
+impl StateCollector {
+    /// Every family of the tracked run kinds, built from a copy of the aggregates.
+    pub fn families(&self) -> Vec<Family<'_>> {
+        let (kinds, series_values, dims) = self.shared.with_counts(|counts| {
             let kinds: Vec<(RunKind, KindCounts, Oldest)> = self
                 .shared
                 .kinds()
                 .map(|k| (k, counts.kind_counts(k), counts.oldest_waiting(k)))
                 .collect();
             let series_values = counts.series.sets().0.to_vec();
-            (
-                kinds,
-                counts.events.clone(),
-                counts.checks.clone(),
-                series_values,
-                counts.series.dims().len(),
-            )
+            (kinds, series_values, counts.series.dims().len())
         });
         let mut out = Vec::new();
         for (kind, counts, oldest) in &kinds {
             self.kind_families(*kind, counts, oldest, &series_values, dims, &mut out);
         }
 
-        let e = &self.exporter;
-        out.push(Family::new(
-            &e.received,
-            [
-                (vec!["state".to_owned()], counter(events.state as f64)),
-                (vec!["other".to_owned()], counter(events.other as f64)),
-            ],
-        ));
-        out.push(Family::new(
-            &e.duplicates,
-            [(Vec::<Text>::new(), counter(events.duplicates as f64))],
-        ));
-        out.push(Family::new(
-            &e.rejected,
-            RejectReason::ALL.iter().map(|r| {
-                (
-                    vec![r.as_str().to_owned()],
-                    counter(events.rejected[r.index()] as f64),
-                )
-            }),
-        ));
-        out.push(Family::new(
-            &e.connected,
-            [(
-                Vec::<Text>::new(),
-                gauge(if self.status.connected() { 1.0 } else { 0.0 }),
-            )],
-        ));
-        out.push(Family::new(
-            &e.reconnects,
-            self.status
-                .reconnects_by_reason()
-                .into_iter()
-                .map(|(r, n)| (vec![r], counter(n as f64))),
-        ));
-        if let Some(last) = events.last_occurred {
-            out.push(Family::new(
-                &e.last_event,
-                [(Vec::<Text>::new(), gauge(as_seconds(last)))],
-            ));
-        }
-        out.push(Family::new(
-            &e.delay,
-            [(Vec::<Text>::new(), histogram(&events.delay))],
-        ));
-        out.push(Family::new(
-            &e.chain_gaps,
-            [(Vec::<Text>::new(), counter(events.chain_gaps as f64))],
-        ));
-        let tracked: usize = self.shared.kinds().map(|k| self.shared.run_count(k)).sum();
-        out.push(Family::new(
-            &e.tracked,
-            [(Vec::<Text>::new(), gauge(tracked as f64))],
-        ));
-        out.push(Family::new(
-            &e.dedup_ids,
-            [(Vec::<Text>::new(), gauge(events.dedup_ids as f64))],
-        ));
-        out.push(Family::new(
-            &e.dedup_evicted,
-            [(Vec::<Text>::new(), counter(events.dedup_evicted as f64))],
-        ));
-        out.push(Family::new(
-            &e.retired,
-            [(Vec::<Text>::new(), counter(events.runs_retired as f64))],
-        ));
-        out.push(Family::new(
-            &e.evicted,
-            [(Vec::<Text>::new(), counter(events.runs_evicted as f64))],
-        ));
-        out.push(Family::new(
-            &e.folded,
-            [
-                (
-                    vec!["state_name".to_owned()],
-                    counter(events.folded_state_names as f64),
-                ),
-                (
-                    vec!["label_set".to_owned()],
-                    counter(events.folded_label_sets as f64),
-                ),
-            ],
-        ));
-        out.push(Family::new(
-            &e.windows,
-            [
-                (
-                    vec!["match".to_owned()],
-                    counter(checks.windows_match as f64),
-                ),
-                (
-                    vec!["repaired".to_owned()],
-                    counter(checks.windows_repaired as f64),
-                ),
-                (
-                    vec!["failed".to_owned()],
-                    counter(checks.windows_failed as f64),
-                ),
-            ],
-        ));
-        out.push(Family::new(
-            &e.repaired,
-            [(Vec::<Text>::new(), counter(checks.events_repaired as f64))],
-        ));
-        let truncated = self.status.repair_truncated();
-        out.push(Family::new(
-            &e.repair_truncated,
-            ["window", "interval"].map(|limit| {
-                let n = truncated.get(limit).copied().unwrap_or(0);
-                (vec![Text::Static(limit)], counter(n as f64))
-            }),
-        ));
-        let mut deficits = Vec::new();
-        for (kind, counts, _) in &kinds {
-            let mut deficit = [0u64; 9];
-            for (state, &n) in &counts.current {
-                let slot = &mut deficit[state.ty.index()];
-                *slot = slot.saturating_add(shown_runs(n).1);
-            }
-            for ty in StateType::ALL {
-                deficits.push((
-                    vec![Text::Static(kind.metric_stem()), Text::Static(ty.as_str())],
-                    gauge(deficit[ty.index()] as f64),
-                ));
-            }
-        }
-        out.push(Family::new(&e.deficit, deficits));
-        let by_type = |values: [f64; 9], ty: fn(f64) -> Value| {
-            StateType::ALL
-                .iter()
-                .map(move |t| (vec![t.as_str().to_owned()], ty(values[t.index()])))
-                .collect::<Vec<_>>()
-        };
-        out.push(Family::new(
-            &e.corrections,
-            by_type(checks.corrections.map(|v| v as f64), counter),
-        ));
-        out.push(Family::new(
-            &e.drift,
-            by_type(checks.last_drift.map(|v| v as f64), gauge),
-        ));
-        out.push(Family::new(
-            &e.reconciliations,
-            [(Vec::<Text>::new(), counter(checks.reconciliations as f64))],
-        ));
-        out.push(Family::new(
-            &e.backfill_gaps,
-            [(Vec::<Text>::new(), counter(checks.backfill_gaps as f64))],
-        ));
-        let persist = self.shared.persist_stats();
-        if let Some(p) = persist {
-            out.push(Family::new(
-                &e.state_writes,
-                [
-                    (vec!["ok".to_owned()], counter(p.writes_ok as f64)),
-                    (vec!["error".to_owned()], counter(p.writes_failed as f64)),
-                ],
-            ));
-            out.push(Family::new(
-                &e.state_bytes,
-                [(Vec::<Text>::new(), gauge(p.bytes as f64))],
-            ));
-            out.push(Family::new(
-                &e.state_write_seconds,
-                [(Vec::<Text>::new(), gauge(p.write_seconds))],
-            ));
-            out.push(Family::new(
-                &e.state_pause_seconds,
-                [(Vec::<Text>::new(), gauge(p.pause_seconds))],
-            ));
-        }
         out
     }
 }
@@ -354,6 +171,7 @@ mod tests {
     use crate::expose::exposition::Format;
     use crate::expose::resources::{ResourceList, ResourceQuery};
     use crate::model::time::SECOND;
+    use crate::state::status::Status;
     use crate::state::test_support::{apply, at, tracker, waiting_runs};
     use StateType::Pending;
 

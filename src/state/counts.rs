@@ -336,6 +336,20 @@ impl Counts {
         self.tallies[kind.index()].view(&self.states)
     }
 
+    /// Runs by which the totals of `kind` are below zero (a lost or late event), summed per
+    /// state type (by [`StateType::index`](crate::model::event::StateType::index)); the exposed totals hold at zero meanwhile.
+    pub fn deficits(&self, kind: RunKind) -> [u64; 9] {
+        let mut deficit = [0u64; 9];
+        let current = &self.tallies[kind.index()].current;
+        for (i, total) in current.iter().enumerate() {
+            if let Some(total) = total.filter(|t| *t < 0) {
+                let slot = &mut deficit[self.states.key(StateId(i as u16)).ty.index()];
+                *slot = slot.saturating_add(total.unsigned_abs());
+            }
+        }
+        deficit
+    }
+
     /// When the longest-waiting tracked run of each non-terminal state of `kind` entered it,
     /// by state.
     pub fn oldest_waiting(&self, kind: RunKind) -> Vec<(StateKey, Micros)> {

@@ -17,8 +17,8 @@ use crate::model::time::Clock;
 use crate::state::status::Status;
 use crate::state::Shared;
 use crate::web::auth::Authenticator;
-use crate::web::limits::{ConnectionCap, HttpStats};
-use crate::web::metrics::HttpCollector;
+use crate::web::limits::ConnectionCap;
+use crate::web::metrics::HttpStats;
 use crate::web::routes::{serve_api, ApiState};
 use crate::web::server::{bind, ServeConfig};
 use crate::web::Error;
@@ -62,14 +62,14 @@ impl ApiServer {
             Some((cert, key)) => Some(crate::web::tls::acceptor(cert, key)?),
             None => None,
         };
-        let stats = Arc::new(HttpStats::default());
+        let metrics = Metrics::new(shared.clone(), status.clone(), clock.clone());
+        let http = (metrics.register_http()).map_err(|source| Error::Metrics { source })?;
+        let stats = Arc::new(HttpStats::new(&http));
         let config = ServeConfig {
             header_timeout: settings.header_timeout,
             cap: ConnectionCap::new(settings.max_connections, stats.clone()),
             tls,
         };
-        let mut metrics = Metrics::new(shared.clone(), status.clone(), clock.clone());
-        metrics.register(Arc::new(HttpCollector::new(stats.clone())));
         let (listener, local) = bind(settings.listen).await?;
         info!(
             listen = %local,

@@ -2,10 +2,10 @@
 //! time limit, and the counts of both.
 //!
 //! It owns [`ConnectionCap`] (a slot per open connection, fitted to the process's open-file
-//! limit; refusals counted and logged rate-limited), [`read_body`] and [`HttpStats`]. It never
-//! touches sockets or routes: `http` asks it whether to admit, and what to answer.
+//! limit; refusals counted and logged rate-limited) and [`read_body`]; their counts go to
+//! [`HttpStats`]. It never touches sockets or routes: `http` asks it whether to admit, and
+//! what to answer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
+use crate::web::metrics::HttpStats;
 use crate::web::response::{error, HttpResponse};
 
 /// Default of `--web-max-connections`: far above what scrapers need (one keep-alive
@@ -29,16 +30,6 @@ const RESERVED_FDS: u64 = 64;
 
 /// At most one log line about refused connections per this interval.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// What the HTTP server refused and holds, read by the metrics at scrape time.
-#[derive(Debug, Default)]
-pub struct HttpStats {
-    open: AtomicU64,
-    refused: AtomicU64,
-    unauthorized: AtomicU64,
-    body_too_large: AtomicU64,
-    body_timeout: AtomicU64,
-}
 
 /// Why a request was refused before its handler ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,36 +60,6 @@ impl Rejection {
     }
 }
 
-impl HttpStats {
-    /// Counts a refused request.
-    pub fn reject(&self, reason: Rejection) {
-        self.counter(reason).fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Requests refused for `reason` so far.
-    pub fn rejected(&self, reason: Rejection) -> u64 {
-        self.counter(reason).load(Ordering::Relaxed)
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> u64 {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Connections closed at once because the cap was reached.
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
-    }
-
-    fn counter(&self, reason: Rejection) -> &AtomicU64 {
-        match reason {
-            Rejection::Unauthorized => &self.unauthorized,
-            Rejection::BodyTooLarge => &self.body_too_large,
-            Rejection::BodyTimeout => &self.body_timeout,
-        }
-    }
-}
-
 /// The most connections served at once; past it new ones are refused.
 pub struct ConnectionCap {
     slots: Arc<Semaphore>,
@@ -121,7 +82,7 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.stats.closed();
     }
 }
 
@@ -159,14 +120,14 @@ impl ConnectionCap {
     pub fn admit(&self) -> Option<Slot> {
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => {
-                self.stats.open.fetch_add(1, Ordering::Relaxed);
+                self.stats.opened();
                 Some(Slot {
                     _permit: permit,
                     stats: self.stats.clone(),
                 })
             }
             Err(_) => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.stats.count_refused();
                 self.log_refusal();
                 None
             }

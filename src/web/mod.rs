@@ -34,6 +34,12 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
+    /// The HTTP families could not join the exporter's registry (a name already there).
+    #[error("registering the HTTP server's metrics: {source}")]
+    Metrics {
+        /// The cause.
+        source: prometheus::Error,
+    },
     /// The server failed while serving.
     #[error("HTTP server on {addr}: {source}")]
     Serve {

@@ -1,5 +1,16 @@
 //! Query strings and path segments of the HTTP API: percent-decoding and the validated
 //! parameters of `/api/v1/resources`. Every bad value is an error naming it.
+//!
+//! Decoding is `form_urlencoded` (query strings: `&`/`=` splitting, `+` as a space) and
+//! `percent-encoding` (path segments). Both follow the WHATWG URL standard, which passes a
+//! malformed escape (`%zz`, a lone `%`) through as text and replaces bytes that are not UTF-8;
+//! the API refuses both with 400 instead of answering for a name nobody sent. So one check
+//! stays here ([`well_formed_escapes`] and strict UTF-8, per pair in [`check_pairs`] so the
+//! error can name the parameter) before the crates decode.
+
+use std::borrow::Cow;
+
+use percent_encoding::percent_decode_str;
 
 use crate::expose::resources::{ResourceQuery, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::model::event::{RunKind, StateType};
@@ -11,56 +22,63 @@ use crate::web::response::echo;
 #[error("{0}")]
 pub struct QueryError(String);
 
-/// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`); `None` when the result is
-/// not UTF-8 or an escape is malformed.
-fn decode_component(text: &str, plus_is_space: bool) -> Option<String> {
+/// Whether every `%` in `text` starts an escape of two hex digits.
+fn well_formed_escapes(text: &str) -> bool {
     let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' if plus_is_space => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
+    bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    })
+}
+
+/// Decodes a path segment (`+` stays a plus); `None` when an escape is malformed or the
+/// result is not UTF-8.
+pub fn percent_decode(text: &str) -> Option<String> {
+    if !well_formed_escapes(text) {
+        return None;
+    }
+    percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(Cow::into_owned)
+}
+
+/// Splits and decodes `a=b&c=d` (`+` is a space, empty pairs are skipped, a key without `=`
+/// has an empty value).
+pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, QueryError> {
+    check_pairs(query)?;
+    Ok(form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect())
+}
+
+/// Refuses a query `form_urlencoded` would decode leniently: the first pair whose key or
+/// value has a malformed escape or is not UTF-8 once decoded, naming the parameter when its
+/// key is readable. The pairs are split as `form_urlencoded` splits them (`&`, then the first
+/// `=`); only the check splits here, the decoding is the crate's.
+fn check_pairs(query: &str) -> Result<(), QueryError> {
+    let strict =
+        |text: &str| well_formed_escapes(text) && percent_decode_str(text).decode_utf8().is_ok();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !strict(key) {
+            return Err(QueryError(
+                "query is not valid percent-encoded UTF-8".to_owned(),
+            ));
+        }
+        if !strict(value) {
+            let (key, _) = form_urlencoded::parse(key.as_bytes())
+                .next()
+                .unwrap_or_default();
+            return Err(QueryError(format!(
+                "query parameter '{}' is not valid percent-encoded UTF-8",
+                echo(&key)
+            )));
         }
     }
-    String::from_utf8(out).ok()
-}
-
-/// Decodes a path segment.
-pub fn percent_decode(text: &str) -> Option<String> {
-    decode_component(text, false)
-}
-
-/// Splits and decodes `a=b&c=d`.
-pub fn parse_query(query: &str) -> Result<Vec<(String, String)>, QueryError> {
-    query
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = decode_component(key, true)
-                .ok_or_else(|| QueryError("query is not valid percent-encoded UTF-8".to_owned()))?;
-            let value = decode_component(value, true).ok_or_else(|| {
-                QueryError(format!(
-                    "query parameter '{}' is not valid percent-encoded UTF-8",
-                    echo(&key)
-                ))
-            })?;
-            Ok((key, value))
-        })
-        .collect()
+    Ok(())
 }
 
 /// Validates the decoded query parameters of `/api/v1/resources`.
@@ -129,12 +147,48 @@ mod tests {
             ]
         );
         assert!(parse_query("a=%zz").is_err());
+        assert!(parse_query("a=%4").is_err(), "escape cut short");
+        assert!(parse_query("a=b%").is_err(), "lone percent at the end");
         assert!(parse_query("a=%ff").is_err(), "not UTF-8");
+        assert!(
+            parse_query("%c3=%a9").is_err(),
+            "a sequence split by '=' is not UTF-8"
+        );
+        assert_eq!(
+            parse_query("k%C3%A9=%E2%98%83&&x==y").unwrap(),
+            vec![("ké".into(), "☃".into()), ("x".into(), "=y".into())],
+            "multi-byte escapes, an empty pair skipped, the first '=' splits"
+        );
         assert_eq!(
             percent_decode("prefect.flow-run.a%2Bb").unwrap(),
             "prefect.flow-run.a+b"
         );
         assert_eq!(percent_decode("a+b").unwrap(), "a+b");
+        assert_eq!(percent_decode("a%zzb"), None);
+        assert_eq!(percent_decode("%e2%98"), None, "a cut-off UTF-8 sequence");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_parameter_and_a_bad_key_the_query() {
+        assert_eq!(
+            parse_query("kind=flow-run&state+name=%ff")
+                .unwrap_err()
+                .to_string(),
+            "query parameter 'state name' is not valid percent-encoded UTF-8"
+        );
+        assert_eq!(
+            parse_query("a=b&%ff=1").unwrap_err().to_string(),
+            "query is not valid percent-encoded UTF-8"
+        );
+    }
+
+    /// The hand-written decoder this replaced parsed escapes with `u8::from_str_radix`, which
+    /// takes a sign: `%+1` decoded to byte 1 instead of being refused.
+    #[test]
+    fn a_sign_is_not_a_hex_digit() {
+        assert!(parse_query("state_name=%+1").is_err());
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%-1"), None);
     }
 
     #[test]

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::web::limits::{ConnectionCap, HttpStats, DEFAULT_MAX_CONNECTIONS};
+use crate::web::limits::{ConnectionCap, DEFAULT_MAX_CONNECTIONS};
+use crate::web::metrics::HttpStats;
 use crate::web::response::HttpResponse;
 use crate::web::Error;
 
