@@ -4,6 +4,8 @@
 # from the committed seeds in fuzz/seeds/ plus what earlier runs found (fuzz/corpus/, not
 # committed). Exits non-zero when a target crashes, panics, leaks past the RSS limit or hangs;
 # the input is left in fuzz/artifacts/<target>/ (see fuzz/README.md to reproduce it).
+# Built with --release: overflow checks off, as in the shipped binary (fuzz/README.md says
+# what the targets find with them on).
 #   scripts/fuzz.sh           # about a minute per target
 #   scripts/fuzz.sh 3600      # an hour per target
 set -euo pipefail
