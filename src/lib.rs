@@ -39,3 +39,6 @@ pub mod run;
 pub(crate) mod source;
 pub mod state;
 pub mod web;
+
+#[doc(hidden)]
+pub use persist::load_state_for_fuzzing;

@@ -75,18 +75,11 @@ pub fn open(
     let mut mirror = None;
     if let Some(bytes) = loaded {
         let size = bytes.len();
-        let result = format::read(&bytes)
-            .map_err(Unusable::from)
-            .and_then(|mut state| {
-                check_source(&state.source, source)?;
-                let restored = restore::restore(pipeline, &state)?;
-                let aggregates = pipeline.tracker_mut().aggregates();
-                opened.replay = state.replay.clone();
-                Ok(Mirror::from_loaded(&mut state, restored, aggregates)?)
-            });
+        let result = load(&bytes, pipeline, source);
         drop(bytes);
         match result {
-            Ok(restored) => {
+            Ok((restored, replay)) => {
+                opened.replay = replay;
                 opened.runs = restored.run_count();
                 let shared = pipeline.shared();
                 opened.resume = shared.last_occurred();
@@ -127,6 +120,36 @@ pub fn open(
         Snapshotter::start(path.to_owned(), mirror, shared, lock),
         opened,
     ))
+}
+
+/// Reads the bytes of a state file into a fresh `pipeline`: the framing, the source, the
+/// settings and every cross-reference are checked, and anything wrong is an [`Unusable`].
+/// Returns the writer's copy of what was loaded and how far `run --replay` had read.
+fn load(
+    bytes: &[u8],
+    pipeline: &mut Pipeline,
+    source: &str,
+) -> Result<(Mirror, Option<format::ReplayV1>), Unusable> {
+    let mut state = format::read(bytes)?;
+    check_source(&state.source, source)?;
+    let restored = restore::restore(pipeline, &state)?;
+    let aggregates = pipeline.tracker_mut().aggregates();
+    let replay = state.replay.clone();
+    Ok((
+        Mirror::from_loaded(&mut state, restored, aggregates)?,
+        replay,
+    ))
+}
+
+/// The state-file reader as the `state_file` fuzz target drives it (`fuzz/`): [`load`] on
+/// arbitrary bytes, returning the number of runs restored. Not part of the API.
+#[doc(hidden)]
+pub fn load_state_for_fuzzing(
+    bytes: &[u8],
+    pipeline: &mut Pipeline,
+    source: &str,
+) -> Result<usize, Unusable> {
+    load(bytes, pipeline, source).map(|(mirror, _)| mirror.run_count())
 }
 
 /// Refuses a file written in the other mode (replay files vs a server); a server at another

@@ -2,6 +2,8 @@
 //! HTTP), with exact values from independent ground truth.
 
 mod basic_auth;
+mod decode_differential;
+mod decode_oracle;
 mod fake_prefect;
 mod flags;
 mod flood;

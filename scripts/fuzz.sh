@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing (libFuzzer through cargo-fuzz, on the stable toolchain with
+# RUSTC_BOOTSTRAP=1): each target of fuzz/ for SECONDS (default 60), one after the other,
+# from the committed seeds in fuzz/seeds/ plus what earlier runs found (fuzz/corpus/, not
+# committed). Exits non-zero when a target crashes, panics, leaks past the RSS limit or hangs;
+# the input is left in fuzz/artifacts/<target>/ (see fuzz/README.md to reproduce it).
+# Built with --release: overflow checks off, as in the shipped binary (fuzz/README.md says
+# what the targets find with them on).
+#   scripts/fuzz.sh           # about a minute per target
+#   scripts/fuzz.sh 3600      # an hour per target
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+per_target=${1:-60}
+case $per_target in
+  '' | *[!0-9]*) echo "fuzz.sh: SECONDS must be a whole number, got '$per_target'" >&2; exit 2 ;;
+esac
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "== installing cargo-fuzz" >&2
+  cargo install cargo-fuzz --locked
+fi
+
+failed=()
+for target in decode query state_file; do
+  echo "== fuzz $target for ${per_target}s" >&2
+  mkdir -p "fuzz/corpus/$target"
+  extra=()
+  [ -f "fuzz/$target.dict" ] && extra+=("-dict=fuzz/$target.dict")
+  # The first directory takes what the run finds; the seeds are only read.
+  if ! RUSTC_BOOTSTRAP=1 cargo fuzz run --release "$target" \
+      "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
+      -max_total_time="$per_target" -timeout=10 "${extra[@]}"; then
+    failed+=("$target")
+  fi
+done
+
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "fuzz.sh: FAILED: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
+  exit 1
+fi
+echo "fuzz.sh: no crash in ${per_target}s per target" >&2
