@@ -1,4 +1,5 @@
-//! The HTTP server's own metric families: open and refused connections, refused requests.
+//! The HTTP server's own metric families: open, shed and refused connections, refused
+//! requests.
 //! Registered in the exporter's [`Metrics`](crate::expose::collect::Metrics) when the API
 //! starts.
 
@@ -9,11 +10,12 @@ use crate::expose::collect::{counter, gauge, Collector, Family, Text};
 use crate::expose::exposition::Kind;
 use crate::web::limits::{HttpStats, Rejection};
 
-/// The HTTP server's families: open and refused connections, refused requests.
+/// The HTTP server's families: open, shed and refused connections, refused requests.
 pub struct HttpCollector {
     stats: Arc<HttpStats>,
     open: Def,
     refused: Def,
+    shed: Def,
     rejected: Def,
 }
 
@@ -28,7 +30,13 @@ impl HttpCollector {
         );
         let refused = Def::new(
             "prefect_exporter_http_connections_refused_total",
-            "HTTP connections closed at once because --web-max-connections were open.",
+            "HTTP connections closed at once because --web-max-connections were open and all had sent a request.",
+            Kind::Counter,
+            &[],
+        );
+        let shed = Def::new(
+            "prefect_exporter_http_connections_shed_total",
+            "HTTP connections that had sent no request, closed at --web-max-connections to admit a newer one.",
             Kind::Counter,
             &[],
         );
@@ -42,6 +50,7 @@ impl HttpCollector {
             stats,
             open,
             refused,
+            shed,
             rejected,
         }
     }
@@ -58,6 +67,10 @@ impl Collector for HttpCollector {
             Family::new(
                 &self.refused,
                 [(Vec::<Text>::new(), counter(stats.refused() as f64))],
+            ),
+            Family::new(
+                &self.shed,
+                [(Vec::<Text>::new(), counter(stats.shed() as f64))],
             ),
             Family::new(
                 &self.rejected,
