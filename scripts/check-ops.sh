@@ -49,7 +49,10 @@ find_promtool() {
   fi
   if command -v promtool >/dev/null 2>&1 || install_promtool; then
     PROMTOOL=$(command -v promtool)
-    "$PROMTOOL" --version 2>&1 | head -n 1
+    # Captured, then cut: under pipefail, `| head -n 1` can fail the writer with SIGPIPE.
+    local version
+    version=$("$PROMTOOL" --version 2>&1 || true)
+    echo "${version%%$'\n'*}"
     return 0
   fi
   return 1

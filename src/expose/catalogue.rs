@@ -175,7 +175,7 @@ pub(crate) struct ExporterMetrics {
     pub(crate) scrape_duration: Gauge,
 }
 
-/// The HTTP server's families: open and refused connections, refused requests. Library
+/// The HTTP server's families: open, shed and refused connections, refused requests. Library
 /// metrics the server updates itself (a few atomic operations per connection, none per
 /// event); registered with the exporter's others when the API server starts (an offline
 /// `replay --output prometheus` has no HTTP server to count).
@@ -183,6 +183,7 @@ pub(crate) struct ExporterMetrics {
 pub(crate) struct HttpMetrics {
     pub(crate) open: IntGauge,
     pub(crate) refused: IntCounter,
+    pub(crate) shed: IntCounter,
     /// By `reason` (`unauthorized`, `body_too_large`, `body_timeout`).
     pub(crate) rejected: IntCounterVec,
 }
@@ -197,7 +198,11 @@ impl HttpMetrics {
             )?,
             refused: IntCounter::new(
                 "prefect_exporter_http_connections_refused_total",
-                "HTTP connections closed at once because --web-max-connections were open.",
+                "HTTP connections closed at once because --web-max-connections were open and all had sent a request.",
+            )?,
+            shed: IntCounter::new(
+                "prefect_exporter_http_connections_shed_total",
+                "HTTP connections that had sent no request, closed at --web-max-connections to admit a newer one.",
             )?,
             rejected: IntCounterVec::new(
                 Opts::new(
@@ -214,6 +219,7 @@ impl HttpMetrics {
         let http = HttpMetrics::new()?;
         r.register(Box::new(http.open.clone()))?;
         r.register(Box::new(http.refused.clone()))?;
+        r.register(Box::new(http.shed.clone()))?;
         r.register(Box::new(http.rejected.clone()))?;
         Ok(http)
     }

@@ -31,6 +31,15 @@ pub enum OpenCause {
         /// The cause.
         source: std::io::Error,
     },
+    /// The path's directory or symbolic links cannot be followed.
+    #[error("cannot resolve the state file's path: {0}")]
+    Resolve(std::io::Error),
+    /// The path names something other than a regular file.
+    #[error("it is {what}; --state-file needs a regular file (created if missing)")]
+    NotAFile {
+        /// What it is.
+        what: &'static str,
+    },
     /// The file exists but cannot be read.
     #[error("cannot read the state file: {0}")]
     Read(std::io::Error),

@@ -13,7 +13,7 @@
 //! The types here are the file's layout, kept apart from the in-memory types so that
 //! changing those never changes the format silently: a new layout is a new version.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,10 @@ pub const END: &[u8; 4] = b"PEX!";
 pub const VERSION: u32 = 1;
 const HEADER: usize = MAGIC.len() + 4;
 const TRAILER: usize = 8 + 4 + END.len();
+/// The largest state file read: about 20 times the 217 MB that 1 M runs and 4 M dedup ids
+/// take. The checks before it hold no more than a 64 KiB buffer, so a huge or endless
+/// file costs nothing; only a file that passes them is read into memory.
+pub const MAX_FILE_BYTES: u64 = 4 << 30;
 
 /// Why a state file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +46,13 @@ pub enum FormatError {
     #[error("state file is truncated ({len} bytes; the trailer is missing or does not match)")]
     Truncated {
         /// The file's length.
-        len: usize,
+        len: u64,
+    },
+    /// Larger than any state file this build writes.
+    #[error("state file is too large ({len} bytes; at most {MAX_FILE_BYTES} are read)")]
+    TooLarge {
+        /// The file's length.
+        len: u64,
     },
     /// The checksum does not match.
     #[error("state file is corrupt (CRC-32 {found:08x}, expected {expected:08x})")]
@@ -278,39 +288,100 @@ pub fn write<B: Serialize, R: Serialize>(
     Ok(len + (HEADER + TRAILER) as u64)
 }
 
-/// Checks the framing of a whole file and decodes it.
+/// Checks the framing of a whole file in memory and decodes it (for tests and the fuzz
+/// target; a file on disk goes through [`read_from`]).
 pub fn read(bytes: &[u8]) -> Result<StateV1, FormatError> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
-            FormatError::Truncated { len: bytes.len() }
+    let len = bytes.len() as u64;
+    // Reading from memory cannot fail.
+    read_from(&mut io::Cursor::new(bytes), len).unwrap_or(Err(FormatError::Truncated { len }))
+}
+
+/// Reads and decodes the state file `file`, `len` bytes long (from its metadata), checking
+/// before anything is held in memory: magic and version (the first 12 bytes), the size cap,
+/// the end marker and payload length in the trailer, then the CRC-32 computed through a
+/// 64 KiB buffer. Only a file that passes them all is read whole and decoded. The outer
+/// error is the file's (unreadable), the inner one its content's.
+pub fn read_from<F: Read + Seek>(
+    file: &mut F,
+    len: u64,
+) -> io::Result<Result<StateV1, FormatError>> {
+    let truncated = FormatError::Truncated { len };
+    let mut header = [0u8; HEADER];
+    let got = read_up_to(file, &mut header)?;
+    let header = &header[..got];
+    if header.len() < MAGIC.len() || &header[..MAGIC.len()] != MAGIC {
+        return Ok(Err(if MAGIC.starts_with(header) && len == got as u64 {
+            truncated
         } else {
             FormatError::Magic
-        });
+        }));
     }
-    let truncated = FormatError::Truncated { len: bytes.len() };
-    let version = bytes
-        .get(MAGIC.len()..HEADER)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_le_bytes)
-        .ok_or(FormatError::Truncated { len: bytes.len() })?;
+    let Some(version) = header.get(MAGIC.len()..HEADER) else {
+        return Ok(Err(truncated));
+    };
+    let version = u32::from_le_bytes(version.try_into().unwrap_or_default());
     if version != VERSION {
-        return Err(FormatError::Version { found: version });
+        return Ok(Err(FormatError::Version { found: version }));
     }
-    if bytes.len() < HEADER + TRAILER || !bytes.ends_with(END) {
-        return Err(truncated);
+    if len > MAX_FILE_BYTES {
+        return Ok(Err(FormatError::TooLarge { len }));
     }
-    let trailer = &bytes[bytes.len() - TRAILER..];
-    let len = u64::from_le_bytes(trailer[..8].try_into().unwrap_or_default());
+    let Some(payload_len) = len.checked_sub((HEADER + TRAILER) as u64) else {
+        return Ok(Err(truncated));
+    };
+    file.seek(SeekFrom::Start(len - TRAILER as u64))?;
+    let mut trailer = [0u8; TRAILER];
+    if read_up_to(file, &mut trailer)? < TRAILER || !trailer.ends_with(END) {
+        return Ok(Err(truncated));
+    }
+    let written_len = u64::from_le_bytes(trailer[..8].try_into().unwrap_or_default());
     let expected = u32::from_le_bytes(trailer[8..12].try_into().unwrap_or_default());
-    let payload = &bytes[HEADER..bytes.len() - TRAILER];
-    if payload.len() as u64 != len {
-        return Err(truncated);
+    if written_len != payload_len {
+        return Ok(Err(truncated));
     }
-    let found = crc32fast::hash(payload);
+    file.seek(SeekFrom::Start(HEADER as u64))?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut payload = file.by_ref().take(payload_len);
+    let mut hashed = 0u64;
+    loop {
+        let n = payload.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        crc.update(&buffer[..n]);
+        hashed += n as u64;
+    }
+    drop(buffer);
+    let found = crc.finalize();
+    if hashed != payload_len {
+        return Ok(Err(truncated));
+    }
     if found != expected {
-        return Err(FormatError::Checksum { found, expected });
+        return Ok(Err(FormatError::Checksum { found, expected }));
     }
-    postcard::from_bytes(payload).map_err(|e| FormatError::Decode(e.to_string()))
+    file.seek(SeekFrom::Start(HEADER as u64))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(payload_len).unwrap_or(0));
+    file.by_ref().take(payload_len).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 != payload_len || crc32fast::hash(&bytes) != expected {
+        // Changed under us since the check.
+        return Ok(Err(truncated));
+    }
+    Ok(postcard::from_bytes(&bytes).map_err(|e| FormatError::Decode(e.to_string())))
+}
+
+/// Fills as much of `buf` as `file` has; returns how much.
+fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Encodes one run.

@@ -64,19 +64,17 @@ pub fn open(
         .iter()
         .map(|g| g.label().to_owned())
         .collect();
+    let real = resolve(path).map_err(|e| fail(OpenCause::Resolve(e)))?;
+    let path = real.as_path();
+    check_kind(path).map_err(fail)?;
     let lock = lock(path).map_err(fail)?;
     let started = Instant::now();
-    let loaded = match std::fs::read(path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(fail(OpenCause::Read(e))),
-    };
     let mut opened = Opened::default();
     let mut mirror = None;
-    if let Some(bytes) = loaded {
-        let size = bytes.len();
-        let result = load(&bytes, pipeline, source);
-        drop(bytes);
+    if let Some((size, read)) = read_file(path).map_err(fail)? {
+        let result = read
+            .map_err(Unusable::from)
+            .and_then(|state| load(state, pipeline, source));
         match result {
             Ok((restored, replay)) => {
                 opened.replay = replay;
@@ -122,15 +120,14 @@ pub fn open(
     ))
 }
 
-/// Reads the bytes of a state file into a fresh `pipeline`: the framing, the source, the
-/// settings and every cross-reference are checked, and anything wrong is an [`Unusable`].
-/// Returns the writer's copy of what was loaded and how far `run --replay` had read.
+/// Loads a state file's decoded contents into a fresh `pipeline`: the source, the settings
+/// and every cross-reference are checked, and anything wrong is an [`Unusable`]. Returns the
+/// writer's copy of what was loaded and how far `run --replay` had read.
 fn load(
-    bytes: &[u8],
+    mut state: format::StateV1,
     pipeline: &mut Pipeline,
     source: &str,
 ) -> Result<(Mirror, Option<format::ReplayV1>), Unusable> {
-    let mut state = format::read(bytes)?;
     check_source(&state.source, source)?;
     let restored = restore::restore(pipeline, &state)?;
     let aggregates = pipeline.tracker_mut().aggregates();
@@ -141,15 +138,15 @@ fn load(
     ))
 }
 
-/// The state-file reader as the `state_file` fuzz target drives it (`fuzz/`): [`load`] on
-/// arbitrary bytes, returning the number of runs restored. Not part of the API.
+/// The state-file reader as the `state_file` fuzz target drives it (`fuzz/`): the framing
+/// checks and [`load`] on arbitrary bytes, returning the number of runs restored. Not part of the API.
 #[doc(hidden)]
 pub fn load_state_for_fuzzing(
     bytes: &[u8],
     pipeline: &mut Pipeline,
     source: &str,
 ) -> Result<usize, Unusable> {
-    load(bytes, pipeline, source).map(|(mirror, _)| mirror.run_count())
+    load(format::read(bytes)?, pipeline, source).map(|(mirror, _)| mirror.run_count())
 }
 
 /// Refuses a file written in the other mode (replay files vs a server); a server at another
@@ -169,6 +166,90 @@ fn check_source(saved: &str, now: &str) -> Result<(), Unusable> {
         );
     }
     Ok(())
+}
+
+/// The most symbolic links followed to the state file.
+const MAX_LINKS: usize = 40;
+
+/// The state file's real path: symbolic links followed (a dangling one names the file to
+/// create) and the directory made canonical, so the lock, the reads and the atomic rename
+/// all act on the file itself, and a link to it stays a link.
+fn resolve(path: &Path) -> io::Result<PathBuf> {
+    let mut current = path.to_owned();
+    for _ in 0..MAX_LINKS {
+        let is_link = match std::fs::symlink_metadata(&current) {
+            Ok(meta) => meta.file_type().is_symlink(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
+        if !is_link {
+            let Some(name) = current.file_name() else {
+                return Ok(current);
+            };
+            let dir = match current.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            return Ok(std::fs::canonicalize(dir)?.join(name));
+        }
+        let target = std::fs::read_link(&current)?;
+        // Relative to the link's directory; an absolute target replaces it.
+        current = match current.parent() {
+            Some(dir) => dir.join(target),
+            None => target,
+        };
+    }
+    Err(io::Error::other(format!(
+        "more than {MAX_LINKS} symbolic links"
+    )))
+}
+
+/// Refuses a path that exists but is not a regular file (a FIFO would block the start, a
+/// device such as `/dev/zero` never ends), before the lock file is made beside it.
+fn check_kind(path: &Path) -> Result<(), OpenCause> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = match std::fs::metadata(path) {
+        Ok(meta) => meta.file_type(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(OpenCause::Read(e)),
+    };
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(OpenCause::NotAFile { what })
+}
+
+/// A state file's length and its decoded content (or why that failed).
+type Read = (u64, Result<format::StateV1, format::FormatError>);
+
+/// The file's length and its decoded content (checked piece by piece, see
+/// [`format::read_from`]), or `None` when there is no file yet.
+fn read_file(path: &Path) -> Result<Option<Read>, OpenCause> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(OpenCause::Read(e)),
+    };
+    let meta = file.metadata().map_err(OpenCause::Read)?;
+    if !meta.is_file() {
+        // Swapped since the check.
+        return Err(OpenCause::NotAFile {
+            what: "not a regular file",
+        });
+    }
+    let len = meta.len();
+    let read = format::read_from(&mut file, len).map_err(OpenCause::Read)?;
+    Ok(Some((len, read)))
 }
 
 /// The source name of `run --replay`.

@@ -1,11 +1,14 @@
-//! What the HTTP server refuses: connections past the cap and request bodies past a size or
-//! time limit, and the counts of both.
+//! What the HTTP server refuses: connections past the cap, request heads and bodies past a
+//! size or time limit, and the counts of these.
 //!
 //! It owns [`ConnectionCap`] (a slot per open connection, fitted to the process's open-file
-//! limit; refusals counted and logged rate-limited) and [`read_body`]; their counts go to
-//! [`HttpStats`]. It never touches sockets or routes: `http` asks it whether to admit, and
-//! what to answer.
+//! limit; at the cap the oldest connection that has not sent a request yet is shed to make
+//! room, and only when there is none is the newcomer refused; refusals counted and logged
+//! rate-limited) and [`read_body`]; their counts go to [`HttpStats`]. It never touches sockets or routes: `http`
+//! asks it whether to admit, and what to answer.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,6 +18,7 @@ use hyper::header::{HeaderValue, CONNECTION};
 use hyper::StatusCode;
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::web::metrics::HttpStats;
@@ -30,6 +34,15 @@ const RESERVED_FDS: u64 = 64;
 
 /// At most one log line about refused connections per this interval.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Most bytes of a request head (request line and headers). A scrape sends a few hundred
+/// bytes (a bearer token or basic credentials included); hyper's default, about 400 KiB,
+/// let 1,000 half-sent heads hold over 500 MB. Past it the answer is 431 and the connection
+/// closes.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Most bytes a connection's read buffer may hold: the head limit plus one read of slack.
+pub const MAX_READ_BUFFER: usize = 2 * MAX_HEAD_BYTES;
 
 /// Why a request was refused before its handler ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,11 +73,15 @@ impl Rejection {
     }
 }
 
-/// The most connections served at once; past it new ones are refused.
+/// The most connections served at once. At the cap, the oldest connection that has not
+/// sent a request yet (an idle socket, a handshake that never ends) is closed to make room;
+/// only when every connection has sent one is a newcomer refused. So idle sockets, however
+/// many, cannot keep a scrape or a liveness probe out.
 pub struct ConnectionCap {
     slots: Arc<Semaphore>,
     limit: usize,
     stats: Arc<HttpStats>,
+    fresh: Arc<Mutex<Fresh>>,
     refusals: Mutex<RefusalLog>,
 }
 
@@ -74,14 +91,92 @@ struct RefusalLog {
     unlogged: u64,
 }
 
+/// The connections that have not sent a request yet, by admission order: the ones shed.
+#[derive(Default)]
+struct Fresh {
+    next: u64,
+    by_age: BTreeMap<u64, Sheddable>,
+}
+
+/// What shedding a connection takes: its close signal, and its place under the cap (which
+/// passes to the newcomer at once, so no other connection can take it first).
+struct Sheddable {
+    shed: CancellationToken,
+    permit: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
+}
+
 /// An admitted connection's place under the cap; freed on drop.
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    permit: Arc<Mutex<Option<OwnedSemaphorePermit>>>,
     stats: Arc<HttpStats>,
+    activity: Activity,
+    shed: CancellationToken,
+}
+
+/// Marks a connection as having sent a request (it is then never shed); cheap to clone.
+#[derive(Clone)]
+pub struct Activity {
+    id: u64,
+    seen: Arc<AtomicBool>,
+    fresh: Arc<Mutex<Fresh>>,
+}
+
+impl Activity {
+    /// A request arrived on the connection.
+    pub fn requested(&self) {
+        if !self.seen.swap(true, Ordering::Relaxed) {
+            self.fresh.lock().by_age.remove(&self.id);
+        }
+    }
+}
+
+impl Slot {
+    fn new(
+        permit: OwnedSemaphorePermit,
+        stats: &Arc<HttpStats>,
+        fresh: &Arc<Mutex<Fresh>>,
+    ) -> Slot {
+        stats.opened();
+        let shed = CancellationToken::new();
+        let permit = Arc::new(Mutex::new(Some(permit)));
+        let id = {
+            let mut fresh = fresh.lock();
+            let id = fresh.next;
+            fresh.next += 1;
+            let sheddable = Sheddable {
+                shed: shed.clone(),
+                permit: permit.clone(),
+            };
+            fresh.by_age.insert(id, sheddable);
+            id
+        };
+        Slot {
+            permit,
+            stats: stats.clone(),
+            activity: Activity {
+                id,
+                seen: Arc::new(AtomicBool::new(false)),
+                fresh: fresh.clone(),
+            },
+            shed,
+        }
+    }
+
+    /// The handle that marks a request's arrival.
+    pub fn activity(&self) -> Activity {
+        self.activity.clone()
+    }
+
+    /// Cancelled when the connection is shed to make room; it should close at once.
+    pub fn shed(&self) -> &CancellationToken {
+        &self.shed
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.activity.requested();
+        self.permit.lock().take();
         self.stats.closed();
     }
 }
@@ -104,6 +199,7 @@ impl ConnectionCap {
             slots: Arc::new(Semaphore::new(limit)),
             limit,
             stats,
+            fresh: Arc::default(),
             refusals: Mutex::new(RefusalLog {
                 last_logged: None,
                 unlogged: 0,
@@ -116,22 +212,28 @@ impl ConnectionCap {
         self.limit
     }
 
-    /// A slot for a new connection, or `None` (counted, logged rate-limited) at the cap.
+    /// A slot for a new connection: a free one, or at the cap that of the oldest connection
+    /// without a request, which is told to close (counted). `None` (counted, logged
+    /// rate-limited) when every connection has sent a request.
     pub fn admit(&self) -> Option<Slot> {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                self.stats.opened();
-                Some(Slot {
-                    _permit: permit,
-                    stats: self.stats.clone(),
-                })
-            }
-            Err(_) => {
-                self.stats.count_refused();
-                self.log_refusal();
-                None
-            }
+        if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+            return Some(Slot::new(permit, &self.stats, &self.fresh));
         }
+        loop {
+            let Some((_, oldest)) = self.fresh.lock().by_age.pop_first() else {
+                break;
+            };
+            oldest.shed.cancel();
+            // Gone already if that connection closed on its own in the meantime.
+            let Some(permit) = oldest.permit.lock().take() else {
+                continue;
+            };
+            self.stats.count_shed();
+            return Some(Slot::new(permit, &self.stats, &self.fresh));
+        }
+        self.stats.count_refused();
+        self.log_refusal();
+        None
     }
 
     fn log_refusal(&self) {
@@ -144,7 +246,7 @@ impl ConnectionCap {
             warn!(
                 refused = log.unlogged,
                 max_connections = self.limit,
-                "Refused HTTP connections: at --web-max-connections."
+                "Refused HTTP connections: at --web-max-connections, and every connection has sent a request."
             );
             log.last_logged = Some(Instant::now());
             log.unlogged = 0;
@@ -240,12 +342,34 @@ mod tests {
         let stats = Arc::new(HttpStats::default());
         let cap = ConnectionCap::new(2, stats.clone());
         let first = cap.admit().expect("first");
-        let _second = cap.admit().expect("second");
+        let second = cap.admit().expect("second");
+        first.activity().requested();
+        second.activity().requested();
         assert!(cap.admit().is_none());
         assert!(cap.admit().is_none());
         assert_eq!((stats.open(), stats.refused()), (2, 2));
         drop(first);
         assert_eq!(stats.open(), 1);
         assert!(cap.admit().is_some());
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_connection_without_a_request_is_shed() {
+        let stats = Arc::new(HttpStats::default());
+        let cap = ConnectionCap::new(3, stats.clone());
+        let oldest = cap.admit().expect("first");
+        let used = cap.admit().expect("second");
+        used.activity().requested();
+        let younger = cap.admit().expect("third");
+        let newcomer = cap.admit().expect("an idle connection is shed for it");
+        assert!(oldest.shed().is_cancelled(), "the oldest idle one goes");
+        assert!(!used.shed().is_cancelled() && !younger.shed().is_cancelled());
+        assert_eq!((stats.open(), stats.shed(), stats.refused()), (4, 1, 0));
+        drop(oldest);
+        assert_eq!(stats.open(), 3);
+        // Next in line: the younger idle one, then the newcomer; then nothing is left.
+        younger.activity().requested();
+        newcomer.activity().requested();
+        assert!(cap.admit().is_none());
     }
 }

@@ -1,4 +1,4 @@
-//! The HTTP server's counts (open and refused connections, refused requests), kept in the
+//! The HTTP server's counts (open, shed and refused connections, refused requests), kept in the
 //! exporter's library metrics of [`HttpMetrics`] (names and help in the catalogue, registered
 //! with the exporter's others): [`HttpStats`] is the server's handle on them.
 
@@ -12,6 +12,7 @@ use crate::web::limits::Rejection;
 pub struct HttpStats {
     open: IntGauge,
     refused: IntCounter,
+    shed: IntCounter,
     /// The children of the rejected-requests family, by [`Rejection::ALL`] order.
     rejected: [IntCounter; 3],
 }
@@ -23,6 +24,7 @@ impl HttpStats {
         HttpStats {
             open: metrics.open.clone(),
             refused: metrics.refused.clone(),
+            shed: metrics.shed.clone(),
             rejected: Rejection::ALL.map(|r| metrics.rejected.with_label_values(&[r.label()])),
         }
     }
@@ -42,6 +44,17 @@ impl HttpStats {
     #[cfg(test)]
     pub(crate) fn refused(&self) -> u64 {
         self.refused.get()
+    }
+
+    /// Connections without a request closed to make room for a newcomer.
+    #[cfg(test)]
+    pub(crate) fn shed(&self) -> u64 {
+        self.shed.get()
+    }
+
+    /// Counts a connection without a request closed to make room for a newcomer.
+    pub(crate) fn count_shed(&self) {
+        self.shed.inc();
     }
 
     /// Counts a connection admitted.

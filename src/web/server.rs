@@ -1,6 +1,7 @@
 //! The HTTP server both the exporter's API and `serve-replay` run on: hyper 1.x, HTTP/1.1
-//! with upgrades, a connection cap, a header deadline (which also bounds TLS handshakes and
-//! idle keep-alive connections), and a drain deadline at shutdown.
+//! with upgrades, a connection cap that sheds idle connections before refusing, a header
+//! deadline (which also bounds TLS handshakes and idle keep-alive connections), a head size
+//! limit, and a drain deadline at shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::web::limits::{ConnectionCap, DEFAULT_MAX_CONNECTIONS};
+use crate::web::limits::{
+    ConnectionCap, Slot, DEFAULT_MAX_CONNECTIONS, MAX_HEAD_BYTES, MAX_READ_BUFFER,
+};
 use crate::web::metrics::HttpStats;
 use crate::web::response::HttpResponse;
 use crate::web::Error;
@@ -60,9 +63,10 @@ impl Default for ServeConfig {
 }
 
 /// Serves HTTP/1.1 (with upgrades) on `listener` with `handler` until `shutdown` is
-/// cancelled, then drains open connections (with a deadline) and returns. Connections past
-/// the cap are closed at once; the TLS handshake (if any) and request headers must arrive
-/// within the header timeout.
+/// cancelled, then drains open connections (with a deadline) and returns. At the cap, the
+/// oldest connection that has not sent a request is closed to make room, and a newcomer is
+/// closed at once only when there is none; the TLS handshake (if any) and request headers
+/// must arrive within the header timeout.
 pub async fn serve<H, F>(
     listener: TcpListener,
     config: ServeConfig,
@@ -98,17 +102,18 @@ where
         let tls = config.tls.clone();
         let header_timeout = config.header_timeout;
         connections.spawn(async move {
-            let _slot = slot;
             let Some(acceptor) = tls else {
-                return serve_connection(stream, peer, handler, header_timeout, shutdown).await;
+                return serve_connection(stream, peer, handler, header_timeout, shutdown, slot)
+                    .await;
             };
             let handshake = tokio::select! {
                 () = shutdown.cancelled() => return,
+                () = slot.shed().cancelled() => return,
                 handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => handshake,
             };
             match handshake {
                 Ok(Ok(stream)) => {
-                    serve_connection(stream, peer, handler, header_timeout, shutdown).await;
+                    serve_connection(stream, peer, handler, header_timeout, shutdown, slot).await;
                 }
                 Ok(Err(e)) => debug!(error = %e, %peer, "TLS handshake failed."),
                 Err(_) => debug!(%peer, "TLS handshake timed out."),
@@ -129,30 +134,40 @@ where
     Ok(())
 }
 
-/// Serves one connection until it ends; on `shutdown`, finishes the request in flight.
+/// Serves one connection until it ends; on `shutdown`, finishes the request in flight; when
+/// shed (it had sent no request), closes at once.
 async fn serve_connection<IO, H, F>(
     io: IO,
     peer: SocketAddr,
     handler: H,
     header_timeout: Duration,
     shutdown: CancellationToken,
+    slot: Slot,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = HttpResponse> + Send + 'static,
 {
+    let activity = slot.activity();
     let service = service_fn(move |req| {
+        activity.requested();
         let response = handler(req);
         async move { Ok::<_, Infallible>(response.await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_READ_BUFFER)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
+        () = slot.shed().cancelled() => {
+            debug!(%peer, "Closed an HTTP connection that had sent no request, to make room.");
+            return;
+        }
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await

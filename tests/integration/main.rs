@@ -10,6 +10,7 @@ mod flood;
 mod http_api;
 mod http_echo;
 mod http_hardening;
+mod http_headroom;
 mod layers;
 mod properties;
 mod readme;

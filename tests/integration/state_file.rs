@@ -279,3 +279,127 @@ fn corrupt_or_truncated_state_files_are_refused_unless_discarded() {
     assert_eq!(counts["events"]["received"], expected["events"]["received"]);
     assert!(corrupt.with_extension("discarded").exists());
 }
+
+/// `run --replay` of a small file with `--state-file PATH` (and `extra`), under a 400 MB
+/// address-space limit (so a build that reads a huge file whole fails instead of taking
+/// the machine's memory); the exit status and stderr, or a panic after 10 s.
+fn start_on_state_file(path: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let file = replay_data("synthetic-odd-names.jsonl");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 400000; exec \"$0\" \"$@\"")
+        .arg(crate::support::binary_path())
+        .args(["run", "--listen", "127.0.0.1:0", "--replay"])
+        .arg(&file)
+        .arg("--state-file")
+        .arg(path)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("poll").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running 10 s after start with --state-file {path:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_fifo_or_a_device_as_state_file_is_refused_at_once() {
+    // Before: a FIFO blocked the start forever (SIGTERM did not end it); `/dev/zero` read
+    // until memory ran out.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.state");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let device = dir.path().join("zero.state");
+    std::os::unix::fs::symlink("/dev/zero", &device).unwrap();
+    for (path, what) in [
+        (&fifo, "a FIFO"),
+        (&device, "a device"),
+        (&dir.path().to_owned(), "a directory"),
+    ] {
+        let (code, stderr) = start_on_state_file(path, &[]);
+        assert_eq!(code, Some(2), "{path:?}: {stderr}");
+        assert!(
+            stderr.contains("--state-file") && stderr.contains(what) && stderr.lines().count() == 1,
+            "{path:?}: {stderr}"
+        );
+    }
+    assert!(
+        !Path::new("/dev/zero.lock").exists(),
+        "no lock beside the device"
+    );
+}
+
+#[test]
+fn a_sparse_one_gigabyte_state_file_is_refused_without_reading_it() {
+    // Before: read whole before its header was checked (1.06 GB RSS; under this test's
+    // 400 MB limit, "out of memory").
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sparse.state");
+    let file = std::fs::File::create(&path).unwrap();
+    std::io::Write::write_all(&mut &file, b"PEXSTATE\x01\x00\x00\x00").unwrap();
+    file.set_len(1 << 30).unwrap();
+    drop(file);
+    let (code, stderr) = start_on_state_file(&path, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("truncated"), "{stderr}");
+    // Zeros from the start: not a state file.
+    let zeros = dir.path().join("zeros.state");
+    std::fs::File::create(&zeros)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let (code, stderr) = start_on_state_file(&zeros, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("bad magic"), "{stderr}");
+}
+
+#[test]
+fn a_symlinked_state_file_is_locked_and_written_through_the_link() {
+    // Before: the lock was taken beside the link, so a second exporter on the real path
+    // got its own lock, and the rename at shutdown replaced the link with a file.
+    let dir = tempfile::tempdir().unwrap();
+    let real_dir = dir.path().join("real");
+    std::fs::create_dir(&real_dir).unwrap();
+    let real = real_dir.join("target.state");
+    let link = dir.path().join("link.state");
+    std::os::unix::fs::symlink("real/target.state", &link).unwrap();
+    let file = replay_data("synthetic-out-of-order.jsonl")
+        .display()
+        .to_string();
+    let expected = replay_json(&[&file]);
+    let first = Service::start(&["--replay", &file, "--state-file", link.to_str().unwrap()]);
+
+    let (code, stderr) = start_on_state_file(&real, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("another process"), "{stderr}");
+
+    assert!(first.terminate().success());
+    let meta = std::fs::symlink_metadata(&link).unwrap();
+    assert!(meta.file_type().is_symlink(), "the link is still a link");
+    let bytes = std::fs::read(&real).unwrap();
+    assert!(bytes.starts_with(b"PEXSTATE"), "the target holds the state");
+    assert!(!dir.path().join("link.state.lock").exists());
+
+    // Read back through the real path: the counts of the whole file.
+    let again = Service::start(&["--replay", &file, "--state-file", real.to_str().unwrap()]);
+    let counts = again.get("/api/v1/counts").json();
+    assert_eq!(counts["flow_runs"], expected["flow_runs"]);
+    assert_eq!(counts["events"]["received"], expected["events"]["received"]);
+}

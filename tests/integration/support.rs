@@ -13,9 +13,14 @@ use serde_json::Value;
 /// The binary under test (`PREFECT_EXPORTER_TEST_BINARY` runs the tests against another
 /// build, e.g. an older commit's, to see a regression test fail there).
 pub fn binary() -> Command {
+    Command::new(binary_path())
+}
+
+/// The path of the binary under test (see [`binary`]).
+pub fn binary_path() -> PathBuf {
     match std::env::var_os("PREFECT_EXPORTER_TEST_BINARY") {
-        Some(path) => Command::new(path),
-        None => Command::new(env!("CARGO_BIN_EXE_prefect-events-exporter")),
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_prefect-events-exporter")),
     }
 }
 
