@@ -32,7 +32,7 @@ function showCounts(doc) {
   }
   text($("total"), doc.flow_runs.total + " in all");
   text($("received"), doc.events.received);
-  text($("connected"), doc.stream.connected ? "connected" : "not connected");
+  text($("connected"), doc.stream.connected ? "connected" : doc.stream.reconnects ? "reconnecting" : "not connected (replay, or starting)");
   text($("last-event"), doc.stream.last_event_occurred ? doc.stream.last_event_occurred.replace("T", " ").slice(0, 19) : "none");
 }
 
@@ -90,7 +90,7 @@ async function refresh() {
     showRuns($("stuck"), stuck, [name, (r) => r.state.name, (r) => r.labels.flow, (r) => r.labels.deployment, (r) => r.labels.work_pool, (r) => age(r.state.age_seconds)], "no stuck runs");
     const sum = metric(metrics, "prefect_exporter_event_delay_seconds_sum");
     const count = metric(metrics, "prefect_exporter_event_delay_seconds_count");
-    text($("delay"), count ? (sum / count).toFixed(3) + " s mean" : "–");
+    text($("delay"), count ? (sum / count).toFixed(3) + " s" : "–");
     text($("repaired"), metric(metrics, "prefect_exporter_events_repaired_total") ?? "–");
     text($("reconciliations"), metric(metrics, "prefect_exporter_reconciliations_total") ?? "–");
   } catch (e) {
