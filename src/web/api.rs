@@ -21,7 +21,7 @@ use crate::web::limits::{ConnectionCap, HttpStats};
 use crate::web::metrics::HttpCollector;
 use crate::web::routes::{serve_api, ApiState};
 use crate::web::server::{bind, ServeConfig};
-use crate::web::stream::{StreamSettings, StreamStats, Streams};
+use crate::web::stream::{StreamSettings, Streams};
 use crate::web::Error;
 
 /// The socket send buffer of an API connection (Linux doubles it): enough for a large
@@ -78,14 +78,13 @@ impl ApiServer {
             send_buffer: Some(SEND_BUFFER),
         };
         let mut metrics = Metrics::new(shared.clone(), status.clone(), clock.clone());
-        let streams = Arc::new(Streams {
-            shared: shared.clone(),
-            status: status.clone(),
-            settings: settings.stream,
-            stats: Arc::new(StreamStats::default()),
-            start: now_micros(),
-            shutdown: shutdown.clone(),
-        });
+        let streams = Arc::new(Streams::new(
+            shared.clone(),
+            status.clone(),
+            settings.stream,
+            now_micros(),
+            shutdown.clone(),
+        ));
         metrics.register(Arc::new(HttpCollector::new(
             stats.clone(),
             streams.stats.clone(),

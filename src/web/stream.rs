@@ -21,6 +21,7 @@ use std::time::Duration;
 use hyper::body::Bytes;
 use hyper::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
+use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -113,9 +114,68 @@ pub struct Streams {
     pub start: Micros,
     /// Ends every stream at shutdown.
     pub shutdown: CancellationToken,
+    /// The grid `counts` events are sent on, so clients share one document per tick.
+    origin: Instant,
+    /// The `counts` event of the newest tick: (tick, generation it shows, the event).
+    counts: Mutex<Option<(u64, u64, Bytes)>>,
 }
 
 impl Streams {
+    /// Streams of `shared` and `status`, with event ids marked `start`.
+    pub fn new(
+        shared: Arc<Shared>,
+        status: Arc<Status>,
+        settings: StreamSettings,
+        start: Micros,
+        shutdown: CancellationToken,
+    ) -> Streams {
+        Streams {
+            shared,
+            status,
+            settings,
+            stats: Arc::new(StreamStats::default()),
+            start,
+            shutdown,
+            origin: Instant::now(),
+            counts: Mutex::new(None),
+        }
+    }
+
+    /// The number of the interval `at` falls in.
+    fn tick(&self, at: Instant) -> u64 {
+        let interval = self.settings.interval.as_nanos().max(1);
+        u64::try_from(at.duration_since(self.origin).as_nanos() / interval).unwrap_or(u64::MAX)
+    }
+
+    /// When interval `tick` starts.
+    fn tick_start(&self, tick: u64) -> Instant {
+        let nanos = self
+            .settings
+            .interval
+            .as_nanos()
+            .saturating_mul(u128::from(tick));
+        self.origin + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// A `counts` event and the generation it shows: for `Some(tick)`, the one every client
+    /// sending in that tick shares (built by the first); for `None`, a fresh one.
+    fn counts_event(&self, tick: Option<u64>) -> (u64, Bytes) {
+        let mut cached = self.counts.lock();
+        if let (Some(tick), Some((at, generation, event))) = (tick, cached.as_ref()) {
+            if *at == tick {
+                return (*generation, event.clone());
+            }
+        }
+        let generation = self.shared.generation();
+        let next = self.shared.with_counts(|c| c.changes.next_seq());
+        let report = CountsReport::build(&self.shared, &self.status);
+        let data = serde_json::to_string(&report).unwrap_or_default();
+        let event = Bytes::from(sse("counts", Some(&self.id(next)), &data));
+        if let Some(tick) = tick {
+            *cached = Some((tick, generation, event.clone()));
+        }
+        (generation, event)
+    }
     /// Opens a stream following `filter`, resuming after the event `last_event_id` names
     /// (when it is one of this process); `head` answers a `HEAD` request without a body.
     pub fn open(
@@ -182,7 +242,7 @@ impl Outbox {
     /// Queues an event once two slots are free (the last one is kept for `overflow`); when
     /// the client has not made room within [`STALL`], queues `overflow` instead, and the
     /// stream ends.
-    async fn send(&self, chunk: String) -> Result<(), Stop> {
+    async fn send(&self, chunk: impl Into<Bytes>) -> Result<(), Stop> {
         let space = tokio::select! {
             () = self.shutdown.cancelled() => return Err(Stop),
             space = tokio::time::timeout(STALL, self.tx.reserve_many(2)) => space,
@@ -190,7 +250,7 @@ impl Outbox {
         match space {
             Ok(Ok(mut permits)) => {
                 if let Some(permit) = permits.next() {
-                    permit.send(Bytes::from(chunk));
+                    permit.send(chunk.into());
                 }
                 Ok(())
             }
@@ -249,11 +309,12 @@ impl Client {
         };
     }
 
-    /// Sleeps until the state changes, the next ping or `until`; pings when due. `Err`
-    /// when the stream must end (shutdown, the client left, its buffer is full).
+    /// Sleeps until the state changes from generation `seen` (when given), the next ping or
+    /// `until`; pings when due. `Err` when the stream must end (shutdown, the client left,
+    /// its buffer stayed full).
     async fn wait(
         &self,
-        seen: u64,
+        seen: Option<u64>,
         next_ping: &mut Instant,
         until: Option<Instant>,
     ) -> Result<(), Stop> {
@@ -261,14 +322,14 @@ impl Client {
         let notified = streams.shared.change_signal().notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if streams.shared.generation() != seen {
+        if seen.is_some_and(|seen| streams.shared.generation() != seen) {
             return Ok(());
         }
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
             () = streams.shutdown.cancelled() => Err(Stop),
             () = self.out.tx.closed() => Err(Stop),
-            () = &mut notified => Ok(()),
+            () = &mut notified, if seen.is_some() => Ok(()),
             () = sleep_until(until.unwrap_or(far)), if until.is_some() => Ok(()),
             () = sleep_until(*next_ping) => {
                 *next_ping = Instant::now() + streams.settings.ping;
@@ -281,36 +342,26 @@ impl Client {
     async fn counts(&self) -> Result<(), Stop> {
         let streams = &self.streams;
         let mut next_ping = Instant::now() + streams.settings.ping;
-        let mut sent = streams.shared.generation();
-        self.send_counts().await?;
-        let mut last = Instant::now();
+        let (mut sent, first) = streams.counts_event(None);
+        self.out.send(first).await?;
+        let mut last_tick = streams.tick(Instant::now());
         loop {
             let current = streams.shared.generation();
             let mut due = None;
             if current != sent {
-                let at = last + streams.settings.interval;
-                if Instant::now() >= at {
-                    sent = current;
-                    self.send_counts().await?;
-                    last = Instant::now();
+                let tick = streams.tick(Instant::now());
+                if tick > last_tick {
+                    let (generation, event) = streams.counts_event(Some(tick));
+                    self.out.send(event).await?;
+                    (sent, last_tick) = (generation, tick);
                     continue;
                 }
-                due = Some(at);
+                due = Some(streams.tick_start(last_tick + 1));
             }
             // While a send is due, changes need not wake the task.
-            let seen = if due.is_some() { current } else { sent };
+            let seen = if due.is_some() { None } else { Some(sent) };
             self.wait(seen, &mut next_ping, due).await?;
         }
-    }
-
-    async fn send_counts(&self) -> Result<(), Stop> {
-        let streams = &self.streams;
-        let next = streams.shared.with_counts(|c| c.changes.next_seq());
-        let report = CountsReport::build(&streams.shared, &streams.status);
-        let data = serde_json::to_string(&report).map_err(|_| Stop)?;
-        self.out
-            .send(sse("counts", Some(&streams.id(next)), &data))
-            .await
     }
 
     /// Transitions of the filter, from `resume` (or, for one run, from the oldest change
@@ -360,7 +411,7 @@ impl Client {
                     return self.send_end(&state).await;
                 }
             }
-            self.wait(seen, &mut next_ping, None).await?;
+            self.wait(Some(seen), &mut next_ping, None).await?;
         }
     }
 
