@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # What 50 `/api/v1/stream` clients cost the exporter: `run` fed by `serve-replay --rate R
-# --loop` (default 1000 events/s), the exporter's CPU (utime + stime from /proc) over a
+# --loop` (default 1000 lines/s), the exporter's CPU (utime + stime from /proc) over a
 # window with no stream client, then with N `curl -N` clients (half on the counts stream,
 # half on every flow-run transition), each window measured three times.
 #
-#   bash scripts/bench-stream.sh [BIN] [RATE] [CLIENTS] [SECONDS]
+#   bash scripts/bench-stream.sh [BIN] [RATE] [CLIENTS] [SECONDS] [mixed|counts|transitions]
 # Wall-clock CPU shares are noisy on a shared machine: compare the windows of one run.
 set -euo pipefail
 bin=${1:-target/release/prefect-events-exporter}
 rate=${2:-1000}
 clients=${3:-50}
 seconds=${4:-20}
+mode=${5:-mixed}
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
@@ -44,7 +45,11 @@ window() { # prints "CPU % of a core, events/s" over $seconds
 }
 for i in 1 2 3; do echo "no stream clients:  $(window)"; done
 for i in $(seq "$clients"); do
-  if (( i % 2 )); then path="/api/v1/stream"; else path="/api/v1/stream?kind=flow-run"; fi
+  case $mode in
+    counts) path="/api/v1/stream" ;;
+    transitions) path="/api/v1/stream?kind=flow-run" ;;
+    *) if (( i % 2 )); then path="/api/v1/stream"; else path="/api/v1/stream?kind=flow-run"; fi ;;
+  esac
   curl -sN "http://$api$path" >/dev/null & pids+=($!)
 done
 sleep 2
