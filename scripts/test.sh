@@ -40,5 +40,9 @@ step "end-to-end tests: real Prefect 3.9.1 server and flows (SQLite; PostgreSQL 
 PREFECT_EXPORTER_BIN="$PWD/target/release/prefect-events-exporter" \
   "$PREFECT_EXPORTER_TEST_PYTHON" -m pytest tests/e2e
 
+step "browser test: the live page in Debian's headless Chromium (playwright-core)"
+bash scripts/install-browser.sh
+PREFECT_EXPORTER_BIN="$PWD/target/release/prefect-events-exporter" node tests/browser/live-page.test.mjs
+
 step "README run command"
 bash scripts/smoke-readme.sh

@@ -21,12 +21,12 @@ use crate::run::settings::{
     RunSettings, ServerSettings, SourceSettings, StateFileSettings,
 };
 use crate::state::StateConfig;
-use crate::web::api::WebSettings;
-use crate::web::limits::DEFAULT_MAX_CONNECTIONS;
-use crate::web::server::DEFAULT_HEADER_TIMEOUT;
 
 mod sources;
+mod web;
+
 pub use sources::{error_line, parse, FromEnv};
+pub use web::WebArgs;
 
 /// A flag value that does not parse, with what is expected instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -462,14 +462,7 @@ impl RunArgs {
         };
         let web = self.web;
         RunSettings {
-            web: WebSettings {
-                listen: self.listen,
-                max_connections: usize::try_from(web.web_max_connections).unwrap_or(usize::MAX),
-                header_timeout: web.web_header_timeout.0,
-                auth_token: web.web_auth_token,
-                basic_auth: web.web_basic_auth,
-                tls: web.web_tls_cert.zip(web.web_tls_key),
-            },
+            web: web.settings(self.listen),
             engine: self.engine.pipeline_config(),
             state_file: self.state_file.map(|path| StateFileSettings {
                 path,
@@ -479,58 +472,6 @@ impl RunArgs {
             source,
         }
     }
-}
-
-/// The HTTP server's limits, authentication and TLS (`run`).
-#[derive(Clone, Debug, Args)]
-pub struct WebArgs {
-    /// Most HTTP connections open at once; further ones are closed at once (counted, logged
-    /// rate-limited). Lowered, with a warning, to fit the process's open-file limit.
-    #[arg(long, env = "PREFECT_EXPORTER_WEB_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = clap::value_parser!(u32).range(1..), allow_hyphen_values = true)]
-    pub web_max_connections: u32,
-
-    /// How long a client may take to send its request headers; also bounds the TLS
-    /// handshake, an idle keep-alive connection and a request body.
-    #[arg(long, env = "PREFECT_EXPORTER_WEB_HEADER_TIMEOUT", default_value_t = HumanDuration(DEFAULT_HEADER_TIMEOUT), value_parser = parse_positive_human_duration, allow_hyphen_values = true)]
-    pub web_header_timeout: HumanDuration,
-
-    /// Require `Authorization: Bearer TOKEN` on every endpoint except `/healthz`. Never logged.
-    #[arg(
-        long,
-        env = "PREFECT_EXPORTER_WEB_AUTH_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true,
-        conflicts_with = "web_basic_auth"
-    )]
-    pub web_auth_token: Option<Secret>,
-
-    /// Require HTTP Basic authentication on every endpoint except `/healthz`: `user:` and the
-    /// bcrypt hash of the password (as in Prometheus' web.yml). Never logged.
-    #[arg(
-        long,
-        env = "PREFECT_EXPORTER_WEB_BASIC_AUTH",
-        value_name = "USER:BCRYPT_HASH",
-        hide_env_values = true
-    )]
-    pub web_basic_auth: Option<Secret>,
-
-    /// Serve HTTPS with this PEM certificate chain (needs `--web-tls-key`).
-    #[arg(
-        long,
-        env = "PREFECT_EXPORTER_WEB_TLS_CERT",
-        value_name = "PATH",
-        requires = "web_tls_key"
-    )]
-    pub web_tls_cert: Option<PathBuf>,
-
-    /// The PEM private key of `--web-tls-cert`.
-    #[arg(
-        long,
-        env = "PREFECT_EXPORTER_WEB_TLS_KEY",
-        value_name = "PATH",
-        requires = "web_tls_cert"
-    )]
-    pub web_tls_key: Option<PathBuf>,
 }
 
 /// Options of `replay`.
@@ -646,6 +587,7 @@ fn parse_positive_human_duration(text: &str) -> Result<HumanDuration, BadValue> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::web::server::DEFAULT_HEADER_TIMEOUT;
     use clap::CommandFactory;
 
     #[test]

@@ -175,7 +175,8 @@ pub(crate) struct ExporterMetrics {
     pub(crate) scrape_duration: Gauge,
 }
 
-/// The HTTP server's families: open, shed and refused connections, refused requests. Library
+/// The HTTP server's families: open, shed and refused connections, refused requests, stream
+/// clients. Library
 /// metrics the server updates itself (a few atomic operations per connection, none per
 /// event); registered with the exporter's others when the API server starts (an offline
 /// `replay --output prometheus` has no HTTP server to count).
@@ -184,6 +185,10 @@ pub(crate) struct HttpMetrics {
     pub(crate) open: IntGauge,
     pub(crate) refused: IntCounter,
     pub(crate) shed: IntCounter,
+    /// Clients of `/api/v1/stream` connected now.
+    pub(crate) stream_clients: IntGauge,
+    /// Stream clients closed with `overflow`.
+    pub(crate) stream_dropped: IntCounter,
     /// By `reason` (`unauthorized`, `body_too_large`, `body_timeout`).
     pub(crate) rejected: IntCounterVec,
 }
@@ -204,6 +209,14 @@ impl HttpMetrics {
                 "prefect_exporter_http_connections_shed_total",
                 "HTTP connections that had sent no request, closed at --web-max-connections to admit a newer one.",
             )?,
+            stream_clients: IntGauge::new(
+                "prefect_exporter_http_stream_clients",
+                "Clients connected to /api/v1/stream now.",
+            )?,
+            stream_dropped: IntCounter::new(
+                "prefect_exporter_http_stream_clients_dropped_total",
+                "Stream clients closed with an overflow event because they read too slowly.",
+            )?,
             rejected: IntCounterVec::new(
                 Opts::new(
                     "prefect_exporter_http_requests_rejected_total",
@@ -220,6 +233,8 @@ impl HttpMetrics {
         r.register(Box::new(http.open.clone()))?;
         r.register(Box::new(http.refused.clone()))?;
         r.register(Box::new(http.shed.clone()))?;
+        r.register(Box::new(http.stream_clients.clone()))?;
+        r.register(Box::new(http.stream_dropped.clone()))?;
         r.register(Box::new(http.rejected.clone()))?;
         Ok(http)
     }

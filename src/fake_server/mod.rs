@@ -11,7 +11,6 @@ pub(crate) mod ws;
 use std::sync::Arc;
 
 use base64::Engine;
-use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
     HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
@@ -24,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::model::secret::Secret;
 use crate::web::limits::read_body;
-use crate::web::response::{error, HttpResponse};
+use crate::web::response::{error, Body, HttpResponse};
 use crate::web::server::{bind, serve, ServeConfig, DEFAULT_HEADER_TIMEOUT};
 use timeline::Store;
 pub use timeline::{Pace, PlayConfig};
@@ -78,7 +77,7 @@ fn offers_prefect(req: &Request<Incoming>) -> bool {
 }
 
 fn empty(status: StatusCode) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(Body::full(Bytes::new()));
     *response.status_mut() = status;
     response
 }

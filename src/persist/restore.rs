@@ -13,6 +13,7 @@ use crate::ingest::Pipeline;
 use crate::model::event::{EventId, RunKind, StateKey, StateType};
 use crate::model::reject::RejectReason;
 use crate::model::time::{now_micros, Micros};
+use crate::state::changes::{ChangeLog, HISTORY};
 use crate::state::counts::{
     CheckCounts, Counts, EventCounts, KindCounts, KindTally, DELAY_BUCKETS, DURATION_BUCKETS,
 };
@@ -229,6 +230,9 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, Un
         },
         // Rebuilt from the runs by `install`.
         waiting: Default::default(),
+        // Changes and minutes are for live readers; a restored process starts them anew.
+        changes: ChangeLog::new(HISTORY),
+        minutes: Default::default(),
     };
     tracker.install(counts, runs);
     pipeline.replace_dedup(Dedup::from_buckets(buckets.clone()));

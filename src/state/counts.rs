@@ -6,10 +6,12 @@ use std::collections::HashMap;
 use crate::model::event::{RunKind, StateKey};
 use crate::model::reject::RejectReason;
 use crate::model::time::Micros;
+use crate::state::changes::{ChangeLog, HISTORY};
 use crate::state::histogram::Histogram;
 use crate::state::label_sets::LabelSets;
 use crate::state::labels::{SeriesId, SeriesTable};
 use crate::state::ledger::Ledger;
+use crate::state::minutes::MinuteHistory;
 use crate::state::names::{StateId, StateTable};
 use crate::state::waiting::Waiting;
 use crate::state::FastMap;
@@ -260,6 +262,10 @@ pub struct Counts {
     /// Tracked runs in each non-terminal state, by when they entered it, per kind: the
     /// oldest-age gauges and stuck-run lists read the first entries instead of every run.
     pub waiting: [Waiting; 2],
+    /// Every state event applied, for the HTTP stream (bounded).
+    pub changes: ChangeLog,
+    /// Entries per minute over the newest hour of events.
+    pub minutes: MinuteHistory,
 }
 
 /// The outcome of verifying one window of events against the server's stored events.
@@ -320,6 +326,8 @@ impl Counts {
             ledger: None,
             checks: CheckCounts::default(),
             waiting: Default::default(),
+            changes: ChangeLog::new(HISTORY),
+            minutes: MinuteHistory::default(),
         }
     }
 

@@ -7,14 +7,18 @@
 //!   runs.
 //! - [`labels`], [`histogram`], [`ledger`]: bounded label tables, plain histograms, distinct
 //!   events per second for verification.
+//! - [`changes`]: the bounded log of applied state events the HTTP stream follows;
+//!   [`minutes`]: entries per minute over the newest hour.
 //! - [`status`]: readiness and the stream's connection.
 
+pub mod changes;
 pub(crate) mod counts;
 pub(crate) mod histogram;
 pub(crate) mod inline;
 pub(crate) mod label_sets;
 pub(crate) mod labels;
 pub(crate) mod ledger;
+pub mod minutes;
 pub(crate) mod names;
 pub(crate) mod record;
 pub mod shared;

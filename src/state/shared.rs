@@ -8,8 +8,10 @@
 //! named for what it does.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::Notify;
 
 use crate::model::event::{RunKind, StateKey, StateType};
 use crate::model::time::Micros;
@@ -24,6 +26,8 @@ pub struct Shared {
     counts: Mutex<Counts>,
     track_task_runs: bool,
     persist: Mutex<Option<PersistStats>>,
+    generation: AtomicU64,
+    changed: Notify,
 }
 
 /// What a reconciliation changed.
@@ -42,6 +46,8 @@ impl Shared {
             counts: Mutex::new(counts),
             track_task_runs,
             persist: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            changed: Notify::new(),
         }
     }
 
@@ -53,6 +59,24 @@ impl Shared {
     /// The run table of `kind`, for the tracker's writes.
     pub(super) fn table(&self, kind: RunKind) -> &RunTable {
         &self.tables[kind.index()]
+    }
+
+    /// Tells readers waiting on [`Shared::change_signal`] that the aggregates changed (a
+    /// batch of events, a reconciliation). Called without the aggregates' lock held.
+    pub(super) fn publish(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// How many times the aggregates changed: equal values mean nothing changed in between.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Woken at every change: create the `notified()` future, enable it, check
+    /// [`Shared::generation`], then wait.
+    pub fn change_signal(&self) -> &Notify {
+        &self.changed
     }
 
     /// The kinds being tracked.
@@ -171,9 +195,12 @@ impl Shared {
         for (i, d) in drift.iter().enumerate() {
             checks.corrections[i] += d.unsigned_abs();
         }
+        let reconciliations = checks.reconciliations;
+        drop(counts);
+        self.publish();
         Some(Reconciled {
             drift,
-            reconciliations: checks.reconciliations,
+            reconciliations,
         })
     }
 

@@ -22,6 +22,7 @@ use crate::model::group_by::GroupBy;
 use crate::model::known_run::KnownRun;
 use crate::model::reject::RejectReason;
 use crate::model::time::{as_seconds, Micros};
+use crate::state::changes::Change;
 use crate::state::counts::{Aggregates, Counts};
 use crate::state::inline::RecentTransition;
 use crate::state::label_sets::{has_labels, RunLabels};
@@ -312,6 +313,9 @@ impl<'t> Writer<'t> {
         }
         self.counts.events.dedup_ids = dedup.ids;
         self.counts.events.dedup_evicted = dedup.evicted;
+        let shared = self.shared;
+        drop(self);
+        shared.publish();
     }
 
     /// Applies one new (already deduplicated) state event of `kind`.
@@ -341,9 +345,19 @@ impl<'t> Writer<'t> {
             tally.count_entry(to, series);
             let from_type = from.map(|f| counts.states.key(f).ty.index());
             tally.count_transition(from_type, change.to.ty.index());
+            counts.minutes.count(kind, change.to.ty, event.occurred);
         }
 
         let (key, canonical) = run_key(kind, &event.resource_id);
+        counts.changes.push(Change {
+            seq: 0,
+            kind,
+            key,
+            canonical,
+            from,
+            to,
+            occurred: event.occurred,
+        });
         self.mark(kind, key);
         let step = Step {
             kind,

@@ -13,7 +13,7 @@ use tracing::info;
 
 use crate::expose::collect::Metrics;
 use crate::model::secret::Secret;
-use crate::model::time::Clock;
+use crate::model::time::{now_micros, Clock};
 use crate::state::status::Status;
 use crate::state::Shared;
 use crate::web::auth::Authenticator;
@@ -21,7 +21,13 @@ use crate::web::limits::ConnectionCap;
 use crate::web::metrics::HttpStats;
 use crate::web::routes::{serve_api, ApiState};
 use crate::web::server::{bind, ServeConfig};
+use crate::web::stream::{StreamSettings, StreamStats, Streams};
 use crate::web::Error;
+
+/// The socket send buffer of an API connection (Linux doubles it): enough for a large
+/// `/metrics` at WAN round trips, and a bound on what a stream client that stops reading
+/// holds in the kernel.
+const SEND_BUFFER: usize = 512 * 1024;
 
 /// How the API server listens, and protects itself.
 #[derive(Clone, Debug)]
@@ -38,6 +44,8 @@ pub struct WebSettings {
     pub basic_auth: Option<Secret>,
     /// PEM certificate chain and key, for HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `/api/v1/stream`'s intervals.
+    pub stream: StreamSettings,
 }
 
 /// The API server, bound and serving until the shutdown token is cancelled.
@@ -69,7 +77,16 @@ impl ApiServer {
             header_timeout: settings.header_timeout,
             cap: ConnectionCap::new(settings.max_connections, stats.clone()),
             tls,
+            send_buffer: Some(SEND_BUFFER),
         };
+        let streams = Arc::new(Streams::new(
+            shared.clone(),
+            status.clone(),
+            settings.stream,
+            Arc::new(StreamStats::new(&http)),
+            now_micros(),
+            shutdown.clone(),
+        ));
         let (listener, local) = bind(settings.listen).await?;
         info!(
             listen = %local,
@@ -86,6 +103,7 @@ impl ApiServer {
             auth,
             stats,
             body_timeout: settings.header_timeout,
+            streams,
         });
         let handle = tokio::spawn(serve_api(listener, config, state, shutdown));
         Ok(ApiServer {

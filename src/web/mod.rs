@@ -1,16 +1,18 @@
 //! The HTTP side: the server both the API and `serve-replay` run on ([`server`]), the API's
 //! routes ([`routes`]) and query parameters ([`query`]), what it refuses ([`limits`]), whom
-//! it serves ([`auth`]), HTTPS ([`tls`]), its own metric families ([`metrics`]), and the API
-//! as a running service ([`api`]).
+//! it serves ([`auth`]), HTTPS ([`tls`]), its own metric families ([`metrics`]), the event
+//! stream ([`stream`]), the live page ([`page`]), and the API as a running service ([`api`]).
 
 pub(crate) mod api;
 pub(crate) mod auth;
 pub(crate) mod limits;
 pub(crate) mod metrics;
+pub(crate) mod page;
 pub mod query;
 pub(crate) mod response;
 pub(crate) mod routes;
 pub(crate) mod server;
+pub mod stream;
 pub(crate) mod tls;
 
 use std::io;

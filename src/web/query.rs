@@ -1,5 +1,6 @@
 //! Query strings and path segments of the HTTP API: percent-decoding and the validated
-//! parameters of `/api/v1/resources`. Every bad value is an error naming it.
+//! parameters of `/api/v1/resources` and `/api/v1/stream`. Every bad value is an error
+//! naming it.
 //!
 //! Decoding is `form_urlencoded` (query strings: `&`/`=` splitting, `+` as a space) and
 //! `percent-encoding` (path segments). Both follow the WHATWG URL standard, which passes a
@@ -15,6 +16,7 @@ use percent_encoding::percent_decode_str;
 use crate::expose::resources::{ResourceQuery, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::model::event::{RunKind, StateType};
 use crate::model::time::{micros, parse_duration};
+use crate::state::record::{run_key, RunKey};
 use crate::web::response::echo;
 
 /// A query the API refuses (400), with a message naming the bad parameter.
@@ -92,19 +94,8 @@ pub fn resource_query(params: &[(String, String)]) -> Result<ResourceQuery, Quer
     };
     for (key, value) in params {
         match key.as_str() {
-            "kind" => {
-                query.kind = RunKind::parse(value).ok_or_else(|| {
-                    err(format!(
-                        "kind: unknown kind '{}' (choices: flow-run, task-run)",
-                        echo(value)
-                    ))
-                })?;
-            }
-            "state_type" => {
-                query.state_type = Some(StateType::parse(&value.to_ascii_uppercase()).ok_or_else(
-                    || err(format!("state_type: unknown state type '{}'", echo(value))),
-                )?);
-            }
+            "kind" => query.kind = parse_kind(value)?,
+            "state_type" => query.state_type = Some(parse_state_type(value)?),
             "state_name" => query.state_name = Some(value.clone()),
             "older_than" => {
                 let duration = parse_duration(value)
@@ -126,6 +117,95 @@ pub fn resource_query(params: &[(String, String)]) -> Result<ResourceQuery, Quer
         }
     }
     Ok(query)
+}
+
+/// What a client of `/api/v1/stream` follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamFilter {
+    /// The counts document, whenever it changes (no parameters).
+    Counts,
+    /// Every state event of one run, until it reaches a terminal state (`resource=`).
+    Resource {
+        /// The run's kind.
+        kind: RunKind,
+        /// Its key.
+        key: RunKey,
+        /// Its `prefect.resource.id` as given.
+        id: String,
+    },
+    /// Every entry of runs of `kind` into matching states (`kind=`, `state_type=`,
+    /// `state_name=`).
+    Entries {
+        /// Runs of this kind.
+        kind: RunKind,
+        /// Only states of this type.
+        state_type: Option<StateType>,
+        /// Only states of this name.
+        state_name: Option<String>,
+    },
+}
+
+/// Validates the decoded query parameters of `/api/v1/stream`.
+pub fn stream_query(params: &[(String, String)]) -> Result<StreamFilter, QueryError> {
+    let mut resource = None;
+    let mut kind = None;
+    let mut state_type = None;
+    let mut state_name = None;
+    for (key, value) in params {
+        match key.as_str() {
+            "resource" => {
+                let run_kind = RunKind::ALL
+                    .into_iter()
+                    .find(|k| {
+                        value.len() > k.resource_prefix().len()
+                            && value.starts_with(k.resource_prefix())
+                    })
+                    .ok_or_else(|| {
+                        err(format!(
+                            "resource: '{}' is not a flow-run or task-run resource id",
+                            echo(value)
+                        ))
+                    })?;
+                resource = Some((run_kind, value.clone()));
+            }
+            "kind" => kind = Some(parse_kind(value)?),
+            "state_type" => state_type = Some(parse_state_type(value)?),
+            "state_name" => state_name = Some(value.clone()),
+            other => return Err(err(format!("unknown query parameter '{}'", echo(other)))),
+        }
+    }
+    match resource {
+        Some(_) if kind.is_some() || state_type.is_some() || state_name.is_some() => Err(err(
+            "resource: cannot be combined with kind, state_type or state_name".to_owned(),
+        )),
+        Some((kind, id)) => Ok(StreamFilter::Resource {
+            kind,
+            key: run_key(kind, &id).0,
+            id,
+        }),
+        None if kind.is_none() && state_type.is_none() && state_name.is_none() => {
+            Ok(StreamFilter::Counts)
+        }
+        None => Ok(StreamFilter::Entries {
+            kind: kind.unwrap_or(RunKind::FlowRun),
+            state_type,
+            state_name,
+        }),
+    }
+}
+
+fn parse_kind(value: &str) -> Result<RunKind, QueryError> {
+    RunKind::parse(value).ok_or_else(|| {
+        err(format!(
+            "kind: unknown kind '{}' (choices: flow-run, task-run)",
+            echo(value)
+        ))
+    })
+}
+
+fn parse_state_type(value: &str) -> Result<StateType, QueryError> {
+    StateType::parse(&value.to_ascii_uppercase())
+        .ok_or_else(|| err(format!("state_type: unknown state type '{}'", echo(value))))
 }
 
 fn err(message: String) -> QueryError {

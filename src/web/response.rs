@@ -1,18 +1,71 @@
 //! Responses of the exporter's HTTP server (and of `serve-replay`): a complete body with its
-//! content type; every JSON error is `{"error": "..."}`.
+//! content type, or a stream of chunks from a bounded channel ([`Body::Stream`], the event
+//! stream); every JSON error is `{"error": "..."}`.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use http_body_util::Full;
-use hyper::body::Bytes;
+use hyper::body::{Bytes, Frame, SizeHint};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use serde::Serialize;
+use tokio::sync::mpsc;
 
-/// A response with a complete body.
-pub type HttpResponse = Response<Full<Bytes>>;
+/// A response of the HTTP server.
+pub type HttpResponse = Response<Body>;
+
+/// A response body: complete, or chunks sent by a task until it drops its sender.
+#[derive(Debug)]
+pub enum Body {
+    /// The whole body at once.
+    Full(Full<Bytes>),
+    /// Chunks as they come; the body ends when the sender is dropped.
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Body {
+    /// A complete body.
+    pub fn full(bytes: impl Into<Bytes>) -> Body {
+        Body::Full(Full::new(bytes.into()))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(full) => Pin::new(full).poll_frame(cx),
+            Body::Stream(chunks) => chunks
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(full) => full.is_end_stream(),
+            Body::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(full) => full.size_hint(),
+            Body::Stream(_) => SizeHint::default(),
+        }
+    }
+}
 
 /// A response with a body and content type.
 pub fn respond(status: StatusCode, content_type: &'static str, body: String) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(Body::full(body));
     *response.status_mut() = status;
     response
         .headers_mut()

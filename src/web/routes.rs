@@ -1,4 +1,5 @@
-//! The exporter's API: `/metrics`, `/api/v1/*`, `/healthz`, `/readyz` and a landing page.
+//! The exporter's API: `/metrics`, `/api/v1/*` (the event stream in [`super::stream`]),
+//! `/healthz`, `/readyz` and the live page ([`super::page`]).
 //!
 //! Handlers only read shared state (copying aggregates under a short lock), so a scrape never
 //! stalls ingestion. Oversized bodies and unauthenticated requests (all but `/healthz`) are
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::expose::collect::Metrics;
 use crate::expose::exposition::Format;
+use crate::expose::history::HistoryReport;
 use crate::expose::report::CountsReport;
 use crate::expose::resources::{ResourceList, ResourceView};
 use crate::model::time::Clock;
@@ -24,9 +26,11 @@ use crate::state::Shared;
 use crate::web::auth::Authenticator;
 use crate::web::limits::{read_body, Rejection};
 use crate::web::metrics::HttpStats;
-use crate::web::query::{parse_query, percent_decode, resource_query};
+use crate::web::page;
+use crate::web::query::{parse_query, percent_decode, resource_query, stream_query};
 use crate::web::response::{echo, error, json, respond, HttpResponse};
 use crate::web::server::{serve, ServeConfig};
+use crate::web::stream::Streams;
 
 /// Largest request body the API accepts: it only serves GET and HEAD.
 pub const MAX_API_BODY: usize = 64 * 1024;
@@ -47,6 +51,8 @@ pub struct ApiState {
     pub stats: Arc<HttpStats>,
     /// How long a request body may take (the header timeout).
     pub body_timeout: Duration,
+    /// `/api/v1/stream`.
+    pub streams: Arc<Streams>,
 }
 
 /// Serves the exporter's API on `listener` until `shutdown`.
@@ -69,7 +75,7 @@ pub async fn serve_api(
 }
 
 /// Refuses oversized bodies and unauthenticated requests (all but `/healthz`), then routes.
-async fn handle_api(state: &ApiState, req: Request<Incoming>) -> HttpResponse {
+async fn handle_api(state: &Arc<ApiState>, req: Request<Incoming>) -> HttpResponse {
     let (parts, body) = req.into_parts();
     if let Err(e) = read_body(body, MAX_API_BODY, state.body_timeout).await {
         if let Some(reason) = e.rejection() {
@@ -89,13 +95,21 @@ async fn handle_api(state: &ApiState, req: Request<Incoming>) -> HttpResponse {
     route(state, &req)
 }
 
-fn route(state: &ApiState, req: &Request<()>) -> HttpResponse {
+fn route(state: &Arc<ApiState>, req: &Request<()>) -> HttpResponse {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
-    let known = matches!(
-        path,
-        "/" | "/metrics" | "/healthz" | "/readyz" | "/api/v1/counts" | "/api/v1/resources"
-    ) || path.starts_with("/api/v1/resources/");
+    let known = page::file(path).is_some()
+        || matches!(
+            path,
+            "/metrics"
+                | "/healthz"
+                | "/readyz"
+                | "/api/v1/counts"
+                | "/api/v1/resources"
+                | "/api/v1/stream"
+                | "/api/v1/history"
+        )
+        || path.starts_with("/api/v1/resources/");
     if !known {
         return error(
             StatusCode::NOT_FOUND,
@@ -116,12 +130,10 @@ fn route(state: &ApiState, req: &Request<()>) -> HttpResponse {
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
+    if let Some((content_type, content)) = page::file(path) {
+        return respond(StatusCode::OK, content_type, content.to_owned());
+    }
     match path {
-        "/" => respond(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            LANDING_PAGE.to_owned(),
-        ),
         "/metrics" => {
             let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
             let format = Format::negotiate(accept);
@@ -140,6 +152,13 @@ fn route(state: &ApiState, req: &Request<()>) -> HttpResponse {
             StatusCode::OK,
             &CountsReport::build(&state.shared, &state.status),
         ),
+        "/api/v1/history" => json(StatusCode::OK, &HistoryReport::build(&state.shared)),
+        "/api/v1/stream" => match parse_query(query).and_then(|p| stream_query(&p)) {
+            Ok(filter) => state
+                .streams
+                .open(filter, req.headers(), req.method() == Method::HEAD),
+            Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        },
         "/api/v1/resources" => {
             let params = match parse_query(query).and_then(|p| resource_query(&p)) {
                 Ok(params) => params,
@@ -168,18 +187,3 @@ fn route(state: &ApiState, req: &Request<()>) -> HttpResponse {
         }
     }
 }
-
-const LANDING_PAGE: &str = r#"<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>prefect-events-exporter</title></head>
-<body>
-<h1>prefect-events-exporter</h1>
-<p>Exact, real-time counts of Prefect flow-run and task-run states from Prefect's events stream.</p>
-<ul>
-<li><a href="/metrics">/metrics</a>: Prometheus text (OpenMetrics with <code>Accept: application/openmetrics-text</code>)</li>
-<li><a href="/api/v1/counts">/api/v1/counts</a>: counts by state as JSON</li>
-<li><a href="/api/v1/resources?kind=flow-run&amp;state_type=PENDING&amp;limit=100">/api/v1/resources</a>: tracked runs, oldest first (<code>kind</code>, <code>state_type</code>, <code>state_name</code>, <code>older_than</code>, <code>limit</code>)</li>
-<li><code>/api/v1/resources/{prefect.resource.id}</code>: one run</li>
-<li><a href="/healthz">/healthz</a>: liveness; <a href="/readyz">/readyz</a>: readiness</li>
-</ul>
-</body></html>
-"#;

@@ -46,6 +46,9 @@ pub struct ServeConfig {
     pub cap: ConnectionCap,
     /// TLS, when set.
     pub tls: Option<TlsAcceptor>,
+    /// The socket send buffer of each connection (`None`: the kernel's autotuning, which
+    /// lets a client that stops reading hold megabytes).
+    pub send_buffer: Option<usize>,
 }
 
 impl Default for ServeConfig {
@@ -58,6 +61,7 @@ impl Default for ServeConfig {
                 Arc::new(HttpStats::default()),
             ),
             tls: None,
+            send_buffer: None,
         }
     }
 }
@@ -97,6 +101,11 @@ where
             }
             continue;
         };
+        if let Some(bytes) = config.send_buffer {
+            if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(bytes) {
+                debug!(error = %e, %peer, "Could not set the send buffer.");
+            }
+        }
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let tls = config.tls.clone();

@@ -20,5 +20,6 @@ mod rest_hostile;
 mod serve_replay;
 mod shutdown;
 mod state_file;
+mod stream;
 mod support;
 mod ws_hostile;

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::handshake::HandshakeError;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{client, Error as WsError, Message};
 
-use crate::support::{replay_data, replay_json, wait_for_flow_runs, Service};
+use crate::support::{replay_data, replay_json, wait_for_flow_runs, Service, QUICK_CHECKS};
 
 /// What a handshake came to.
 #[derive(Debug, PartialEq, Eq)]
@@ -259,16 +259,9 @@ fn run_against_faults(faults: &[&str]) {
     server_args.extend_from_slice(faults);
     let server = Service::serve_replay(&[&file], &server_args);
     let api = server.api_url();
-    let exporter = Service::start(&[
-        "--prefect-api-url",
-        &api,
-        "--reconcile-interval",
-        "2s",
-        "--verify-interval",
-        "1s",
-        "--verify-settle",
-        "2s",
-    ]);
+    let mut args = vec!["--prefect-api-url", api.as_str()];
+    args.extend(QUICK_CHECKS);
+    let exporter = Service::start(&args);
     let fields = [
         "by_state_type",
         "by_state_name",

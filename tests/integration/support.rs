@@ -116,6 +116,17 @@ pub fn wait_for_flow_runs(
     }
 }
 
+/// Flags of a `run` against `serve-replay` that reconcile and verify every few seconds, so
+/// its counts settle on the server's quickly.
+pub const QUICK_CHECKS: [&str; 6] = [
+    "--reconcile-interval",
+    "2s",
+    "--verify-interval",
+    "1s",
+    "--verify-settle",
+    "2s",
+];
+
 /// A `run --replay` process serving HTTP; killed with SIGKILL on drop.
 pub struct Service {
     child: Option<Child>,
