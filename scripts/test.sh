@@ -4,7 +4,8 @@
 # Python virtualenv), the end-to-end tests against a real Prefect 3.9.1 server (SQLite, and
 # the production topology: PostgreSQL, Redis messaging, two API replicas; Prefect's own
 # client against serve-replay; a real Prometheus scraping the exporter with the alert rules
-# and dashboard queries), then the README's run command as a smoke test.
+# and dashboard queries), the live page in headless Chromium, the fuzz targets for a bounded
+# time, then the README's run command as a smoke test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +44,9 @@ PREFECT_EXPORTER_BIN="$PWD/target/release/prefect-events-exporter" \
 step "browser test: the live page in Debian's headless Chromium (playwright-core)"
 bash scripts/install-browser.sh
 PREFECT_EXPORTER_BIN="$PWD/target/release/prefect-events-exporter" node tests/browser/live-page.test.mjs
+
+step "fuzz targets (libFuzzer via cargo-fuzz): decoder, query parser, state-file reader, 45 s each"
+bash scripts/fuzz.sh 45
 
 step "README run command"
 bash scripts/smoke-readme.sh
