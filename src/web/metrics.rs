@@ -109,9 +109,14 @@ mod tests {
         stats.opened();
         stats.closed();
         stats.count_refused();
+        stats.count_shed();
         stats.reject(Rejection::BodyTooLarge);
         stats.reject(Rejection::BodyTooLarge);
-        assert_eq!((stats.open(), stats.refused()), (1, 1), "values read back");
+        assert_eq!(
+            (stats.open(), stats.refused(), stats.shed()),
+            (1, 1, 1),
+            "values read back"
+        );
         let mut encoder = Encoder::new(Format::Prometheus);
         for family in registry.gather() {
             encoder.gathered(&family);
@@ -127,9 +132,12 @@ mod tests {
             [
                 "prefect_exporter_http_connections_open 1",
                 "prefect_exporter_http_connections_refused_total 1",
+                "prefect_exporter_http_connections_shed_total 1",
                 "prefect_exporter_http_requests_rejected_total{reason=\"body_timeout\"} 0",
                 "prefect_exporter_http_requests_rejected_total{reason=\"body_too_large\"} 2",
                 "prefect_exporter_http_requests_rejected_total{reason=\"unauthorized\"} 0",
+                "prefect_exporter_http_stream_clients 0",
+                "prefect_exporter_http_stream_clients_dropped_total 0",
             ]
         );
         assert!(
