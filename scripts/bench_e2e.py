@@ -280,6 +280,33 @@ for r in range(first, first + runs):
 """
 
 
+# The issue-12 memory shape: runs left RUNNING, each Scheduled -> Pending -> Running plus a
+# heartbeat, related to one of 100 flows, 1,000 deployments, 10 work pools and 20 tags, over
+# 20 minutes of event time. Arguments: runs.
+RUNNING_GENERATOR = r"""
+import sys
+runs = int(sys.argv[1])
+uuid = lambda kind, n: "%08x-0000-4%03x-8000-%012x" % (n, kind, n)
+def related(r):
+    f, d, p, t = r % 100, r % 1000, r % 10, r % 20
+    return ('[{"prefect.resource.id":"prefect.flow.%s","prefect.resource.role":"flow","prefect.resource.name":"flow-%d"},'
+            '{"prefect.resource.id":"prefect.deployment.%s","prefect.resource.role":"deployment","prefect.resource.name":"deployment-%d"},'
+            '{"prefect.resource.id":"prefect.work-pool.%s","prefect.resource.role":"work-pool","prefect.resource.name":"pool-%d"},'
+            '{"prefect.resource.id":"prefect.tag.tag-%d","prefect.resource.role":"tag"}]') % (uuid(1, f), f, uuid(2, d), d, uuid(3, p), p, t)
+chain = [("SCHEDULED", "Scheduled", "null"), ("PENDING", "Pending", '{"type":"SCHEDULED","name":"Scheduled"}'),
+         ("RUNNING", "Running", '{"type":"PENDING","name":"Pending"}')]
+w = sys.stdout.write
+for r in range(runs):
+    sec = r * 1200 // runs
+    ts = "2026-11-25T01:%02d:%02d.%06dZ" % (sec // 60, sec % 60, r % 1000000)
+    rid = "prefect.flow-run." + uuid(0, r)
+    rel = related(r)
+    for k, (t, n, f) in enumerate(chain):
+        w('{"id":"%08x-0000-7000-8000-%012x","event":"prefect.flow-run.%s","occurred":"%s","resource":{"prefect.resource.id":"%s","prefect.resource.name":"run-%d","prefect.state-type":"%s","prefect.state-name":"%s"},"related":%s,"payload":{"initial_state":%s,"validated_state":{"type":"%s","name":"%s"}}}\n' % (k, r, n, ts, rid, r, t, n, rel, f, t, n))
+    w('{"id":"%08x-0000-7000-8000-%012x","event":"prefect.flow-run.heartbeat","occurred":"%s","resource":{"prefect.resource.id":"%s","prefect.resource.name":"run-%d"},"related":%s,"payload":{}}\n' % (3, r, ts, rid, r, rel))
+"""
+
+
 PYTHON_COUNTER = r"""
 import json, sys, time
 lines = [l for l in open(sys.argv[1], "rb").read().split(b"\n") if l.strip()]
@@ -353,9 +380,9 @@ def bench_decode(binary, baselines, python, count, rounds=3):
             result(f"decode_{name}_vs_ignored_any_best", round(max(values) / reference, 2), "x")
 
 
-def peak_rss(binary, runs, per_run, *args):
+def peak_rss(binary, runs, per_run, *args, generator=GENERATOR):
     """`replay` of the generated stream with `args`; returns (summary line, counts, peak RSS MB)."""
-    gen = subprocess.Popen([sys.executable, "-c", GENERATOR, str(runs), str(per_run)], stdout=subprocess.PIPE)
+    gen = subprocess.Popen([sys.executable, "-c", generator, str(runs), str(per_run)], stdout=subprocess.PIPE)
     out = subprocess.run([binary, "replay", "/dev/stdin", *args], stdin=gen.stdout,
                          capture_output=True, text=True, timeout=1800)
     gen.wait()
@@ -369,6 +396,12 @@ def bench_memory(binary, runs, per_run):
     result("memory_tracked_runs", counts["flow_runs"]["total"], "runs")
     result("memory_events", counts["events"]["received"], "events")
     result("memory_peak_rss_mb", rss, "MB")
+    # Runs left RUNNING with related flow, deployment, work pool and tag (4 events a run).
+    summary, counts, rss = peak_rss(binary, runs, 4, "--dedup-capacity", str(runs * 4),
+                                    "--group-by", "deployment,work_pool", generator=RUNNING_GENERATOR)
+    result("memory_running_replay_summary", json.dumps(summary), "")
+    result("memory_running_tracked_runs", counts["flow_runs"]["total"], "runs")
+    result("memory_running_peak_rss_mb", rss, "MB")
 
 
 def bench_memory_split(binary, runs, per_run):
