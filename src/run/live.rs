@@ -286,6 +286,7 @@ pub async fn run(
         &shutdown,
     )
     .await?;
+    let api = api.with_stats(service.api_stats());
     let restored = opened.resume;
     pipeline.enable_ledger(prefixes.clone());
     let shared = pipeline.shared();
