@@ -73,6 +73,16 @@ impl StreamObserver for Observer {
         self.shared.count_backfill_gap();
         self.reconcile.notify_one();
     }
+
+    fn exclusive(&self, refused: Option<&str>) {
+        match refused {
+            Some(reason) => {
+                self.status.set_connected(false);
+                self.status.require("redis_group", reason);
+            }
+            None => self.status.satisfy("redis_group"),
+        }
+    }
 }
 
 /// Takes the first baseline, retrying until it succeeds or `shutdown`.
