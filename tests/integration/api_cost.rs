@@ -68,20 +68,17 @@ fn every_rest_attempt_is_counted_by_endpoint_and_code_retries_included() {
         let template = path.strip_prefix("/api").unwrap_or(&path).to_owned();
         // The first two flow-run counts are refused as busy (retried), the first task-run
         // count fails outright (the whole baseline is taken again); everything else is an
-        // empty, healthy server.
+        // empty, healthy server. Tallied before the answer is sent, so the tally is complete
+        // by the time the exporter has the answer.
         let code = if path == "/api/flow_runs/count"
             && flow_counts.fetch_add(1, Ordering::SeqCst) < 2
         {
-            respond(&mut stream, 503, &[("Retry-After", "0")], b"busy");
             503
         } else if path == "/api/task_runs/count" && task_counts.fetch_add(1, Ordering::SeqCst) < 1 {
-            respond(&mut stream, 500, &[], b"boom");
             500
-        } else if let Some(body) = empty_rest(&request) {
-            respond_json(&mut stream, body);
+        } else if empty_rest(&request).is_some() {
             200
         } else {
-            respond(&mut stream, 404, &[], b"{}");
             404
         };
         *answered
@@ -89,6 +86,11 @@ fn every_rest_attempt_is_counted_by_endpoint_and_code_retries_included() {
             .unwrap()
             .entry((template, code.to_string()))
             .or_default() += 1;
+        match (code, empty_rest(&request)) {
+            (503, _) => respond(&mut stream, 503, &[("Retry-After", "0")], b"busy"),
+            (200, Some(body)) => respond_json(&mut stream, body),
+            (code, _) => respond(&mut stream, code, &[], b"{}"),
+        }
     });
     let service = exporter(
         &fake,
