@@ -2,7 +2,8 @@
 //  1. against `run --replay` of the main recording, the page shows its exact counts
 //     (the recording's REST truth, written by hand) and a screenshot is saved;
 //  2. against `run` fed by `serve-replay --rate 20`, the events figure changes within one
-//     second, three times in a row, without the page reloading.
+//     second, three times in a row, without the page reloading; the REST requests figure
+//     shows at least the baseline's nine counts (0 in the replay of 1).
 // Usage: node live-page.test.mjs [--screenshot PATH]   (binary: $PREFECT_EXPORTER_BIN)
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -80,6 +81,8 @@ try {
   assert.equal(await page.locator("#total").textContent(), "693 in all");
   await page.locator("#spark polyline").first().waitFor({ timeout: 10000 });
   await page.locator("#late tr").first().waitFor({ timeout: 10000 });
+  // A replay makes no REST request.
+  await page.locator("#rest-requests").filter({ hasText: /^0$/ }).waitFor({ timeout: 10000 });
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(`ok: the page shows the recording's counts (Completed 659, …); screenshot ${screenshot}`);
 
@@ -98,6 +101,9 @@ try {
     console.log(`ok: events ${before} -> ${after} in ${Date.now() - started} ms`);
   }
   assert.equal(await page.evaluate(() => window.__notReloaded), true, "the page did not reload");
+  // Ready means the baseline was taken: nine flow-run counts at least, one per state type.
+  await page.waitForFunction(() => Number(document.getElementById("rest-requests").textContent) >= 9, null, { timeout: 10000 });
+  console.log(`ok: REST requests ${await page.locator("#rest-requests").textContent()}`);
   console.log("ok: the page follows a live stream without reloading");
 } finally {
   if (context) await context.close();
