@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::fake_prefect::{
-    empty_rest, exporter, is_websocket, respond, respond_json, Exchange, FakePrefect, WsConn,
+    empty_rest, exporter, is_websocket, respond, respond_json, serve_subscription, Exchange,
+    FakePrefect,
 };
 use crate::support::{metric, Service};
 
@@ -57,12 +58,7 @@ fn every_rest_attempt_is_counted_by_endpoint_and_code_retries_included() {
             ..
         } = ex;
         if is_websocket(&request) {
-            if let Ok(mut ws) = WsConn::accept(stream, &request) {
-                if ws.subscribe().is_ok() {
-                    ws.keep_alive(&stop, Duration::from_secs(1), Duration::from_secs(60));
-                }
-            }
-            return;
+            return serve_subscription(stream, &request, &stop, &[]);
         }
         let path = request.path.split('?').next().unwrap_or("").to_owned();
         let template = path.strip_prefix("/api").unwrap_or(&path).to_owned();

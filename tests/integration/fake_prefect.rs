@@ -334,6 +334,28 @@ impl WsConn {
     }
 }
 
+/// Serves an events websocket: accepts the upgrade, takes the subscription, sends `frames`
+/// and holds the connection open with pings until `stop` or a minute passes.
+pub fn serve_subscription(
+    stream: TcpStream,
+    request: &Request,
+    stop: &AtomicBool,
+    frames: &[String],
+) {
+    let Ok(mut ws) = WsConn::accept(stream, request) else {
+        return;
+    };
+    if ws.subscribe().is_err() {
+        return;
+    }
+    for frame in frames {
+        if ws.send_text(frame).is_err() {
+            return;
+        }
+    }
+    ws.keep_alive(stop, Duration::from_secs(1), Duration::from_secs(60));
+}
+
 /// RFC 3339 for `offset_ms` milliseconds from now (negative: in the past).
 pub fn rfc3339_from_now(offset_ms: i64) -> String {
     let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(offset_ms);

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fake_prefect::{
-    empty_rest, exporter, is_websocket, respond, respond_json, rfc3339_from_now, state_event, uuid,
-    Exchange, FakePrefect, WsConn,
+    empty_rest, exporter, is_websocket, respond, respond_json, rfc3339_from_now,
+    serve_subscription, state_event, uuid, Exchange, FakePrefect,
 };
 use crate::support::{metric, rss_kib, Service};
 
@@ -22,16 +22,29 @@ fn healthy(ex: Exchange) {
         ..
     } = ex;
     if is_websocket(&request) {
-        if let Ok(mut ws) = WsConn::accept(stream, &request) {
-            if ws.subscribe().is_ok() {
-                ws.keep_alive(&stop, Duration::from_secs(1), Duration::from_secs(60));
-            }
-        }
-        return;
+        return serve_subscription(stream, &request, &stop, &[]);
     }
     match empty_rest(&request) {
         Some(body) => respond_json(&mut stream, body),
         None => respond(&mut stream, 404, &[], b"{}"),
+    }
+}
+
+/// A healthy, empty server whose websocket sends one state event, now: a run entering
+/// RUNNING from `from` (a new run when `None`).
+fn sending_one(from: Option<(&'static str, &'static str)>) -> impl Fn(Exchange) {
+    move |ex| {
+        if !is_websocket(&ex.request) {
+            return healthy(ex);
+        }
+        let event = state_event(
+            &uuid(1),
+            &uuid(100),
+            from,
+            ("RUNNING", "Running"),
+            &rfc3339_from_now(0),
+        );
+        serve_subscription(ex.stream, &ex.request, &ex.stop, &[event]);
     }
 }
 
@@ -265,34 +278,8 @@ fn nine_counts_of_i64_max_saturate_instead_of_wrapping() {
 
 #[test]
 fn a_state_total_below_zero_is_shown_as_zero_and_its_deficit_is_counted() {
-    let fake = FakePrefect::start(move |ex| {
-        if !is_websocket(&ex.request) {
-            return healthy(ex);
-        }
-        let Exchange {
-            request,
-            stream,
-            stop,
-            ..
-        } = ex;
-        let Ok(mut ws) = WsConn::accept(stream, &request) else {
-            return;
-        };
-        if ws.subscribe().is_err() {
-            return;
-        }
-        // A run leaves PENDING after the baseline, whose counts said no run was PENDING.
-        let event = state_event(
-            &uuid(1),
-            &uuid(100),
-            Some(("PENDING", "Pending")),
-            ("RUNNING", "Running"),
-            &rfc3339_from_now(0),
-        );
-        if ws.send_text(&event).is_ok() {
-            ws.keep_alive(&stop, Duration::from_secs(1), Duration::from_secs(60));
-        }
-    });
+    // A run leaves PENDING after the baseline, whose counts said no run was PENDING.
+    let fake = FakePrefect::start(sending_one(Some(("PENDING", "Pending"))));
     let service = exporter(
         &fake,
         &["--reconcile-interval", "0", "--verify-interval", "0"],
@@ -461,33 +448,7 @@ fn an_unreachable_server_is_reported_at_once_with_its_url_and_the_cause() {
 #[test]
 fn a_window_the_server_holds_fewer_events_of_is_not_refetched() {
     // The exporter holds one event of a window; the server (its persister behind) none.
-    let fake = FakePrefect::start(move |ex| {
-        if !is_websocket(&ex.request) {
-            return healthy(ex);
-        }
-        let Exchange {
-            request,
-            stream,
-            stop,
-            ..
-        } = ex;
-        let Ok(mut ws) = WsConn::accept(stream, &request) else {
-            return;
-        };
-        if ws.subscribe().is_err() {
-            return;
-        }
-        let event = state_event(
-            &uuid(1),
-            &uuid(100),
-            None,
-            ("RUNNING", "Running"),
-            &rfc3339_from_now(0),
-        );
-        if ws.send_text(&event).is_ok() {
-            ws.keep_alive(&stop, Duration::from_secs(1), Duration::from_secs(60));
-        }
-    });
+    let fake = FakePrefect::start(sending_one(None));
     let service = exporter(
         &fake,
         &[
