@@ -349,7 +349,6 @@ impl<'t> Writer<'t> {
         }
 
         let (key, canonical) = run_key(kind, &event.resource_id);
-        let occurred = event.occurred;
         self.mark(kind, key);
         let step = Step {
             kind,
@@ -386,7 +385,7 @@ impl<'t> Writer<'t> {
             canonical,
             from,
             to,
-            occurred,
+            occurred: event.occurred,
             current,
         });
     }
@@ -440,8 +439,7 @@ impl<'t> Writer<'t> {
         record
     }
 
-    /// Folds one more event into a tracked run's record; whether the run entered its state
-    /// (false for an event older than the run's state: it arrived late).
+    /// Folds one more event into a tracked run's record; false when it arrived late.
     fn update_run(&mut self, record: &mut RunRecord, step: Step<'_, '_>) -> bool {
         let current = (record.state_at(), record.state_event());
         record.count_transition(step.from, step.to);
