@@ -130,4 +130,9 @@ mod tests {
         assert_eq!(log.since(5).unwrap().count(), 0);
         assert_eq!(log.since(1).err(), Some(Forgotten { oldest: 2 }));
     }
+
+    #[test]
+    fn a_change_is_48_bytes() {
+        assert_eq!(std::mem::size_of::<Change>(), 48);
+    }
 }
