@@ -7,7 +7,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 use crate::expose::exporter_metrics::HistogramSnapshot;
@@ -237,6 +238,48 @@ impl HttpMetrics {
         r.register(Box::new(http.stream_dropped.clone()))?;
         r.register(Box::new(http.rejected.clone()))?;
         Ok(http)
+    }
+}
+
+/// Bucket bounds of `prefect_exporter_api_request_duration_seconds`: from a quick count on
+/// loopback (5 ms) to the whole-request timeout (30 s).
+pub(crate) const API_DURATION_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The REST client's families: every request attempt the exporter makes to Prefect's API, by
+/// route template and outcome. Library metrics the client updates itself (one counter and
+/// one histogram observation per request, never per event); registered when the API server
+/// starts, handed to the client by `run`.
+#[derive(Clone, Debug)]
+pub(crate) struct ApiMetrics {
+    /// By `endpoint` (route template) and `code` (HTTP status, or a word for a failure
+    /// without one).
+    pub(crate) requests: IntCounterVec,
+    /// By `endpoint`: from sending the request to the end of reading its answer.
+    pub(crate) duration: HistogramVec,
+}
+
+impl ApiMetrics {
+    /// The REST families at zero, registered in `r`.
+    pub(crate) fn registered(r: &Registry) -> prometheus::Result<ApiMetrics> {
+        Ok(ApiMetrics {
+            requests: registered(r, IntCounterVec::new(
+                Opts::new(
+                    "prefect_exporter_api_requests_total",
+                    "REST requests to the Prefect API (every attempt, retries included), by route template and HTTP status code (or timeout, connect, body, error, cancelled).",
+                ),
+                &["endpoint", "code"],
+            ))?,
+            duration: registered(r, HistogramVec::new(
+                HistogramOpts::new(
+                    "prefect_exporter_api_request_duration_seconds",
+                    "Duration of REST requests to the Prefect API (every attempt), by route template.",
+                )
+                .buckets(API_DURATION_BUCKETS.to_vec()),
+                &["endpoint"],
+            ))?,
+        })
     }
 }
 

@@ -19,7 +19,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, LabelPair, MetricFamily, MetricType};
 use prometheus::Registry;
 
-use crate::expose::catalogue::{Def, ExporterMetrics, HttpMetrics, SCRAPE_DURATION};
+use crate::expose::catalogue::{ApiMetrics, Def, ExporterMetrics, HttpMetrics, SCRAPE_DURATION};
 use crate::expose::exporter_metrics::proto_histogram;
 use crate::expose::exposition::{self, Encoder, Format, Kind};
 use crate::expose::state_families::StateCollector;
@@ -114,6 +114,12 @@ impl Metrics {
     /// they already are (a second server on the same `Metrics`).
     pub(crate) fn register_http(&self) -> prometheus::Result<HttpMetrics> {
         HttpMetrics::registered(&self.registry)
+    }
+
+    /// The REST client's families, registered here, for the client to update. Fails when
+    /// they already are.
+    pub(crate) fn register_api(&self) -> prometheus::Result<ApiMetrics> {
+        ApiMetrics::registered(&self.registry)
     }
 
     /// Every family as text in `format`: the state's families in definition order (samples

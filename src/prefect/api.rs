@@ -19,6 +19,7 @@ use crate::model::event::{RunKind, StateType};
 use crate::model::known_run::KnownRun;
 use crate::model::secret::Credentials;
 use crate::model::time::{format_rfc3339, parse_rfc3339, Micros};
+use crate::prefect::accounting::ApiStats;
 pub use crate::prefect::transport::ApiError;
 use crate::prefect::transport::Transport;
 
@@ -85,6 +86,14 @@ impl PrefectApi {
         Ok(PrefectApi {
             transport: Transport::new(api_url, credentials, shutdown)?,
         })
+    }
+
+    /// The same client, counting every request attempt in `stats` (before it is cloned for
+    /// the tasks that use it).
+    pub fn with_stats(self, stats: ApiStats) -> PrefectApi {
+        PrefectApi {
+            transport: self.transport.with_stats(stats),
+        }
     }
 
     /// Waits `duration`, or fails with [`ApiError::Cancelled`] at shutdown.

@@ -11,10 +11,11 @@
 //! without credentials and the cause: connection refused, DNS, TLS…), and its recovery once;
 //! an error the server answered is returned for the caller to log. Credentials
 //! go only into the `Authorization` header, marked sensitive; text the server sent (error
-//! bodies) is escaped before it is shown.
+//! bodies) is escaped before it is shown. Each attempt is counted with its outcome and
+//! duration, when the client was given its metric handles ([`Transport::with_stats`]).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, RETRY_AFTER};
@@ -27,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::model::secret::{display_url, Credentials};
 use crate::model::untrusted::{escape, escape_bytes, SHOWN_CHARS};
+use crate::prefect::accounting::{endpoint, ApiStats, Code};
 
 /// Requests are retried this many times on retryable answers.
 pub const RETRIES: u32 = 5;
@@ -168,6 +170,7 @@ pub struct Transport {
     client: reqwest::Client,
     shutdown: CancellationToken,
     failing: Arc<Mutex<Option<String>>>,
+    stats: Option<ApiStats>,
 }
 
 impl Transport {
@@ -202,7 +205,20 @@ impl Transport {
             client,
             shutdown,
             failing: Arc::new(Mutex::new(None)),
+            stats: None,
         })
+    }
+
+    /// The same transport, counting every request attempt in `stats`.
+    pub fn with_stats(mut self, stats: ApiStats) -> Transport {
+        self.stats = Some(stats);
+        self
+    }
+
+    fn record(&self, endpoint: &'static str, code: Code, started: Instant) {
+        if let Some(stats) = &self.stats {
+            stats.record(endpoint, code, started.elapsed());
+        }
     }
 
     /// The API URL as it may be shown (without credentials).
@@ -228,12 +244,18 @@ impl Transport {
     ) -> Result<T, ApiError> {
         let url = format!("{}{path}", self.base);
         let shown = format!("{}{path}", self.shown);
+        let endpoint = endpoint(path);
         let mut attempt = 0;
         loop {
-            let outcome = tokio::select! {
-                () = self.shutdown.cancelled() => return Err(ApiError::Cancelled),
+            let started = Instant::now();
+            let (outcome, code) = tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    self.record(endpoint, Code::Cancelled, started);
+                    return Err(ApiError::Cancelled);
+                }
                 outcome = self.attempt(&url, &shown, body, limit) => outcome,
             };
+            self.record(endpoint, code, started);
             let (error, retry_after) = match outcome {
                 Attempt::Done(bytes) => {
                     self.note_success();
@@ -257,7 +279,14 @@ impl Transport {
         }
     }
 
-    async fn attempt(&self, url: &str, shown: &str, body: Option<&Value>, limit: usize) -> Attempt {
+    /// One request and how it ended (the `code` it is counted under).
+    async fn attempt(
+        &self,
+        url: &str,
+        shown: &str,
+        body: Option<&Value>,
+        limit: usize,
+    ) -> (Attempt, Code) {
         let request = match body {
             Some(body) => self.client.post(url).json(body),
             None => self.client.get(url),
@@ -269,37 +298,48 @@ impl Transport {
         let mut response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
-                return Attempt::Failed {
+                let code = Code::of_send_error(&e);
+                let failed = Attempt::Failed {
                     error: transport(e),
                     retry: Some(None),
-                }
+                };
+                return (failed, code);
             }
         };
         let status = response.status();
+        let code = Code::Status(status.as_u16());
         if status.is_success() {
             return match read_limited(&mut response, limit, true).await {
-                Ok(Some(bytes)) => Attempt::Done(bytes),
-                Ok(None) => Attempt::Failed {
-                    error: ApiError::TooLarge {
-                        url: shown.to_owned(),
-                        limit,
-                    },
-                    retry: None,
-                },
-                Err(e) => Attempt::Failed {
-                    error: transport(e),
-                    retry: Some(None),
-                },
+                Ok(Some(bytes)) => (Attempt::Done(bytes), code),
+                Ok(None) => {
+                    let failed = Attempt::Failed {
+                        error: ApiError::TooLarge {
+                            url: shown.to_owned(),
+                            limit,
+                        },
+                        retry: None,
+                    };
+                    (failed, Code::Body)
+                }
+                Err(e) => {
+                    let code = Code::of_body_error(&e);
+                    let failed = Attempt::Failed {
+                        error: transport(e),
+                        retry: Some(None),
+                    };
+                    (failed, code)
+                }
             };
         }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Attempt::Failed {
+            let failed = Attempt::Failed {
                 error: ApiError::Auth {
                     url: shown.to_owned(),
                     status: status.as_u16(),
                 },
                 retry: None,
             };
+            return (failed, code);
         }
         let wait = response
             .headers()
@@ -312,14 +352,15 @@ impl Transport {
             .ok()
             .flatten()
             .unwrap_or_default();
-        Attempt::Failed {
+        let failed = Attempt::Failed {
             error: ApiError::Status {
                 url: shown.to_owned(),
                 status: status.as_u16(),
                 body: escape_bytes(&start, SHOWN_CHARS),
             },
             retry: retryable.then_some(wait),
-        }
+        };
+        (failed, code)
     }
 
     /// Logs a failed attempt: a transport failure (the server cannot be reached) at once,

@@ -1,11 +1,12 @@
 //! Verify and repair: the exporter checks itself against the events the server stored.
 //!
 //! Every interval, the closed window of `occurred` since the last one (older than `settle`)
-//! is compared, event name by event name, with `POST /events/count-by/event`. A window that
-//! differs is re-fetched from `/events/filter` and fed through the normal pipeline (dedup
-//! discards what was already there). Each window is checked once more after
-//! `second_pass_after`, for late client-side events. In the healthy case this costs one small
-//! query per interval.
+//! is compared, event name by event name, with `POST /events/count-by/event`. A window where
+//! the server holds more of some event is re-fetched from `/events/filter` and fed through the
+//! normal pipeline (dedup discards what was already there); one where it holds only fewer
+//! (its persister is behind) is not, since a re-fetch could add nothing. Each window is
+//! checked once more after `second_pass_after`, for late client-side events. In the healthy
+//! case this costs one small query per interval.
 //!
 //! Repair is bounded: each page of stored events is applied before the next is fetched (so
 //! nothing accumulates), at most [`WINDOW_PAGES`] pages are fetched for one window and
@@ -207,6 +208,13 @@ impl Verifier {
             .iter()
             .map(|(k, n)| n.saturating_sub(held.get(k).copied().unwrap_or(0)))
             .sum();
+        if missing == 0 {
+            // The server holds no more of any event than the exporter: re-fetching could add
+            // nothing (dedup), only cost a window of event pages. Usually its persister is
+            // still behind; the window is checked again.
+            debug!(from = %format_rfc3339(from), to = %format_rfc3339(to), "The server holds fewer events than the exporter for a window; checking it again later.");
+            return WindowResult::Differs;
+        }
         debug!(from = %format_rfc3339(from), to = %format_rfc3339(to), missing, "A window differs from the server; re-fetching it.");
         let mut pages = self.api.event_pages(from, to - 1, &prefixes);
         let mut new = 0;

@@ -73,6 +73,16 @@ impl StreamObserver for Observer {
         self.shared.count_backfill_gap();
         self.reconcile.notify_one();
     }
+
+    fn exclusive(&self, refused: Option<&str>) {
+        match refused {
+            Some(reason) => {
+                self.status.set_connected(false);
+                self.status.require("redis_group", reason);
+            }
+            None => self.status.satisfy("redis_group"),
+        }
+    }
 }
 
 /// Takes the first baseline, retrying until it succeeds or `shutdown`.
@@ -286,6 +296,7 @@ pub async fn run(
         &shutdown,
     )
     .await?;
+    let api = api.with_stats(service.api_stats());
     let restored = opened.resume;
     pipeline.enable_ledger(prefixes.clone());
     let shared = pipeline.shared();

@@ -32,6 +32,7 @@ impl StreamObserver for Progress {
     fn connected(&self) {}
     fn disconnected(&self, _error: &StreamError, _was_connected: bool) {}
     fn backfill_gap(&self, _gap: Micros) {}
+    fn exclusive(&self, _refused: Option<&str>) {}
 }
 
 fn open(path: &Path) -> Result<std::fs::File> {

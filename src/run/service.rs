@@ -20,6 +20,7 @@ use crate::ingest::Pipeline;
 use crate::model::time::Clock;
 use crate::persist::format::ReplayV1;
 use crate::persist::{Opened, Snapshotter};
+use crate::prefect::accounting::ApiStats;
 use crate::run::settings::RunSettings;
 use crate::state::status::Status;
 use crate::web::api::ApiServer;
@@ -91,6 +92,12 @@ impl Service {
             shutdown: shutdown.clone(),
         };
         Ok((service, snapshotter, opened))
+    }
+
+    /// Handles on the REST client's families in the served metrics.
+    pub(crate) fn api_stats(&self) -> ApiStats {
+        let families = self.api.api_metrics();
+        ApiStats::new(families.requests.clone(), families.duration.clone())
     }
 
     /// Readiness and the stream's condition.

@@ -100,4 +100,7 @@ pub trait StreamObserver: Send + Sync {
     fn disconnected(&self, error: &StreamError, was_connected: bool);
     /// A reconnect resumes from further back than the server can replay.
     fn backfill_gap(&self, gap: Micros);
+    /// The source refuses to read (`Some(reason)`: another reader holds what it would
+    /// read, so it is not connected and the service not ready), or reads again (`None`).
+    fn exclusive(&self, refused: Option<&str>);
 }

@@ -1,5 +1,5 @@
 //! The exporter's API server as a running service: its settings, start-up (auth, TLS, the
-//! connection cap, the HTTP families in the metrics) and the wait for it to drain.
+//! connection cap, the HTTP and REST-client families in the metrics) and the wait for it to drain.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::expose::catalogue::ApiMetrics;
 use crate::expose::collect::Metrics;
 use crate::model::secret::Secret;
 use crate::model::time::{now_micros, Clock};
@@ -58,6 +59,7 @@ pub struct WebSettings {
 pub struct ApiServer {
     handle: JoinHandle<io::Result<()>>,
     addr: String,
+    api_metrics: ApiMetrics,
 }
 
 impl ApiServer {
@@ -78,6 +80,7 @@ impl ApiServer {
         };
         let metrics = Metrics::new(shared.clone(), status.clone(), clock.clone());
         let http = (metrics.register_http()).map_err(|source| Error::Metrics { source })?;
+        let api_metrics = (metrics.register_api()).map_err(|source| Error::Metrics { source })?;
         let stats = Arc::new(HttpStats::new(&http));
         let config = ServeConfig {
             header_timeout: settings.header_timeout,
@@ -116,7 +119,13 @@ impl ApiServer {
         Ok(ApiServer {
             handle,
             addr: settings.listen.to_string(),
+            api_metrics,
         })
+    }
+
+    /// The REST client's families in this server's metrics, for the client to update.
+    pub(crate) fn api_metrics(&self) -> &ApiMetrics {
+        &self.api_metrics
     }
 
     /// Waits for the server to drain and stop.

@@ -2,7 +2,8 @@
 //  1. against `run --replay` of the main recording, the page shows its exact counts
 //     (the recording's REST truth, written by hand) and a screenshot is saved;
 //  2. against `run` fed by `serve-replay --rate 20`, the events figure changes within one
-//     second, three times in a row, without the page reloading;
+//     second, three times in a row, without the page reloading; the REST requests figure
+//     shows at least the baseline's nine counts (0 in the replay of 1);
 //  3. the same against a `run` behind `--web-basic-auth` (the browser's credentials reach
 //     the page and its event stream; without them the page is refused).
 // Usage: node live-page.test.mjs [--screenshot PATH]   (binary: $PREFECT_EXPORTER_BIN)
@@ -106,6 +107,8 @@ try {
   assert.equal(await page.locator("#total").textContent(), "693 in all");
   await page.locator("#spark polyline").first().waitFor({ timeout: 10000 });
   await page.locator("#late tr").first().waitFor({ timeout: 10000 });
+  // A replay makes no REST request.
+  await page.locator("#rest-requests").filter({ hasText: /^0$/ }).waitFor({ timeout: 10000 });
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(`ok: the page shows the recording's counts (Completed 659, …); screenshot ${screenshot}`);
 
@@ -114,6 +117,9 @@ try {
   const live = await start(["run", "--prefect-api-url", `http://${server}/api`], "Serving HTTP");
   await ready(`http://${live}/readyz`);
   await followsLive(page, `http://${live}/`);
+  // Ready means the baseline was taken: nine flow-run counts at least, one per state type.
+  await page.waitForFunction(() => Number(document.getElementById("rest-requests").textContent) >= 9, null, { timeout: 10000 });
+  console.log(`ok: REST requests ${await page.locator("#rest-requests").textContent()}`);
   console.log("ok: the page follows a live stream without reloading");
 
   // 3. Behind --web-basic-auth, fed by the same server.

@@ -12,7 +12,8 @@ hand-made `data/stuck-pending.jsonl` (one run left PENDING; see its generator).
   (empty exactly where stated in REPLAY_EMPTY), and the alerts the recording must fire.
 - `test_live_stream_rates_and_alerts`: `run` against `serve-replay` of the stuck-pending
   recording at its recorded pace: entry rate > 0 while events flow, PrefectFlowRunStuckPending
-  firing for the run left PENDING, PrefectExporterDisconnected firing once serve-replay stops.
+  firing for the run left PENDING, PrefectExporterDisconnected firing once serve-replay stops;
+  the REST requests of the baseline counted and timed.
 """
 
 from __future__ import annotations
@@ -304,6 +305,17 @@ def test_live_stream_rates_and_alerts(started):
     )
     t_rate = time.monotonic() - source.started
     received = exporter.counts()["events"]["received"]
+
+    # The REST cost is scraped: the baseline alone is nine flow-run counts (one per state
+    # type), each answered 200 by serve-replay, each timed.
+    rest = prom.wait_value(
+        f'sum(prefect_exporter_api_requests_total{{job="{JOB}",endpoint="/flow_runs/count",code="200"}})',
+        lambda v: v is not None and v >= 9,
+        30,
+        "the baseline's REST requests",
+    )
+    timed = prom.value(f'sum(prefect_exporter_api_request_duration_seconds_count{{job="{JOB}",endpoint="/flow_runs/count"}})')
+    assert timed is not None and timed >= 9, timed
     assert received < STUCK_EVENTS, f"the recording was over ({received} events) before the rate was seen"
 
     # The run left PENDING: the alert fires, for the PENDING/Pending series, with the run's
@@ -329,5 +341,6 @@ def test_live_stream_rates_and_alerts(started):
     assert prom.value(f'prefect_exporter_stream_connected{{job="{JOB}"}}') == 0
     assert prom.value(f'up{{job="{JOB}"}}') == 1
     summary(f"PROMETHEUS-LIVE: rate {rate:.2f}/s seen {t_rate:.1f} s after serve-replay started; "
+            f"flow-run counts over REST {rest:.0f}; "
             f"StuckPending firing at {t_stuck:.1f} s (oldest PENDING age {age:.1f} s); "
             f"Disconnected firing {t_disconnected:.1f} s after serve-replay stopped")

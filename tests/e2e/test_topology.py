@@ -10,7 +10,8 @@ events the services process stored (`/events/count-by/event`), never the exporte
 A second exporter reads the same events from Redis instead (`--redis-url`, its own consumer
 group on the `events` stream, a state file): it must be exact against the same truth, and it
 is killed with SIGKILL mid-burst and restarted from its state file without losing or double
-counting anything (its unacknowledged entries are claimed again and deduplicated).
+counting anything (its unacknowledged entries are claimed again and deduplicated). A third,
+in the second's consumer group, is refused with an error naming `--redis-group`.
 
 One cluster and these two exporters for the module: both start on the fresh cluster, so their
 entries compare with every stored state event through both tests.
@@ -18,6 +19,7 @@ entries compare with every stored state event through both tests.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -298,3 +300,42 @@ def test_burst_on_replica2_exact_via_replica1(cluster, exporter, redis_exporter,
     _, redis_took, redis_metrics = redis_exact(api1, redis_exporter.exp, "burst, killed and restarted")
     summary(f"TOPOLOGY-BURST-REDIS: killed {'mid-burst' if killed_mid_burst else 'after the burst'}, restarted, "
             f"exact {redis_took:.1f} s after the websocket exporter; {redis_metrics}")
+
+
+def test_second_redis_exporter_in_the_same_group_is_refused(cluster, redis_exporter):
+    """Issue 13, test 4: a second Redis-source exporter in the module's exporter's consumer
+    group (the default `--redis-group`) reads nothing and says why, in /readyz and once in its
+    log; the module's exporter stays ready and exact."""
+    api1 = cluster.replicas[0]
+    first = redis_exporter.exp
+    second = Exporter(api1, task_runs=True, name="exporter-redis-second",
+                      extra_args=["--redis-url", cluster.redis.url(0)])
+    try:
+        second.wait_listening()
+        reason = ("is reading group 'prefect-events-exporter' of stream 'events': "
+                  "give each exporter its own --redis-group")
+        deadline = time.monotonic() + 60
+        status, body = None, None
+        while time.monotonic() < deadline:
+            second.assert_alive()
+            status, body = second.readyz()
+            if status == 503 and reason in json.dumps(body):
+                break
+            time.sleep(0.2)
+        assert status == 503 and reason in json.dumps(body), (status, body, second.log_text(40))
+        assert "another consumer (prefect-events-exporter-" in json.dumps(body), body
+        refused = body
+        errors = [line for line in second.stderr_since(0) if '"ERROR"' in line and reason in line]
+        assert len(errors) == 1, second.log_text(40)
+        counts = second.counts()
+        assert counts["events"].get("received", 0) == 0, counts["events"]
+        assert counts["stream"]["connected"] is False, counts["stream"]
+        status, body = first.readyz()
+        assert status == 200, body
+        _, took, _ = redis_exact(api1, first, "beside a refused second exporter")
+        summary(f"TOPOLOGY-REDIS-GROUP: a second exporter in the group refused: {refused!r}; "
+                f"the first exact ({took:.1f} s)")
+    finally:
+        was_alive = second.proc.poll() is None
+        rc = second.stop()
+    assert not was_alive or rc == 0, f"{second.name} exited {rc} on SIGTERM\n{second.log_text(50)}"

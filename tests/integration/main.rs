@@ -1,6 +1,7 @@
 //! Integration tests: the built binary driven through its public surface (flags, files,
 //! HTTP), with exact values from independent ground truth.
 
+mod api_cost;
 mod basic_auth;
 mod decode_differential;
 mod decode_oracle;

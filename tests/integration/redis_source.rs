@@ -469,3 +469,105 @@ fn losing_redis_makes_the_exporter_unready_and_a_restart_that_lost_the_stream_is
     assert_eq!(gaps(&service), 1.0);
     assert!(service.terminate().success());
 }
+
+/// The names of the group's consumers (`XINFO CONSUMERS events <group>`).
+fn consumer_names(redis: &Redis) -> Vec<String> {
+    let consumers: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("events")
+        .arg(GROUP)
+        .query(&mut redis.conn())
+        .unwrap();
+    consumers
+        .iter()
+        .filter_map(|fields| {
+            let at = fields
+                .chunks(2)
+                .position(|p| p[0] == redis::Value::BulkString(b"name".to_vec()))?;
+            match &fields[at * 2 + 1] {
+                redis::Value::BulkString(name) => Some(String::from_utf8_lossy(name).into_owned()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_second_exporter_in_the_same_group_is_refused_and_takes_over_when_the_first_stops() {
+    let Some(redis) = Redis::start() else { return };
+    let expected = expected();
+    redis.add_events("prefect-3.9.1-main.jsonl");
+    let (received, _) = flow_run_events("prefect-3.9.1-main.jsonl");
+    let first = exporter(&redis, &[]);
+    wait_for_flow_runs(&first, &expected, &FIELDS, Duration::from_secs(60), "first");
+    wait_received(&first, received, "first");
+    redis.wait_all_acknowledged(Duration::from_secs(30));
+    let names = consumer_names(&redis);
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(
+        names[0].starts_with("prefect-events-exporter-"),
+        "{names:?}"
+    );
+
+    // 1. A second exporter in the same group reads nothing and says why.
+    let second = Service::spawn(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--prefect-api-url",
+        "http://127.0.0.1:1/api",
+        "--redis-url",
+        &redis.url,
+        "--no-bootstrap",
+        "--reconcile-interval",
+        "0",
+        "--verify-interval",
+        "0",
+    ]);
+    let (logged, lines) = second.logs_until(Duration::from_secs(30), |l| {
+        l.contains("\"ERROR\"") && l.contains("give each exporter its own --redis-group")
+    });
+    assert!(logged, "{lines:?}");
+    let ready = second.get("/readyz");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let reason = format!(
+        "another consumer ({}) is reading group '{GROUP}' of stream 'events': give each exporter its own --redis-group",
+        names[0]
+    );
+    assert!(ready.body.contains(&reason), "{}", ready.body);
+    assert_eq!(counts(&second)["events"]["received"], 0);
+    assert_eq!(counts(&second)["stream"]["connected"], false);
+    assert_eq!(consumer_names(&redis), names, "the refused one never joins");
+
+    // 2. The first is not disturbed: it takes every new entry, exactly.
+    redis.add_events("synthetic-duplicates.jsonl");
+    let (more, _) = flow_run_events("synthetic-duplicates.jsonl");
+    wait_received(&first, received + more, "first, undisturbed");
+    assert_eq!(first.get("/readyz").status, 200);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(counts(&second)["events"]["received"], 0, "still refused");
+    assert_eq!(second.get("/readyz").status, 503);
+    let (logged_twice, _) = second.logs_until(Duration::from_millis(200), |l| {
+        l.contains("\"ERROR\"") && l.contains("--redis-group")
+    });
+    assert!(!logged_twice, "the refusal is logged once");
+
+    // 3. The first stops (everything it read acknowledged): the second takes the group over
+    //    from where the first left it, forgets the first's name, and counts only what is new.
+    assert!(first.terminate().success());
+    wait_until(&second, "the second takes over", |status, doc| {
+        status == 200 && doc["stream"]["connected"] == true
+    });
+    let last = redis.add_events("synthetic-self-transitions.jsonl");
+    let (newest, _) = flow_run_events("synthetic-self-transitions.jsonl");
+    assert_eq!(newest, last.len() as u64);
+    wait_received(&second, newest, "the second, after the take-over");
+    redis.wait_all_acknowledged(Duration::from_secs(30));
+    let now = consumer_names(&redis);
+    assert_eq!(now.len(), 1, "the first's name was deleted: {now:?}");
+    assert_ne!(now, names, "each process reads under its own name");
+    assert_eq!(gaps(&second), 0.0);
+    assert!(second.terminate().success());
+}

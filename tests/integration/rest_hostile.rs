@@ -457,3 +457,64 @@ fn an_unreachable_server_is_reported_at_once_with_its_url_and_the_cause() {
         );
     }
 }
+
+#[test]
+fn a_window_the_server_holds_fewer_events_of_is_not_refetched() {
+    // The exporter holds one event of a window; the server (its persister behind) none.
+    let fake = FakePrefect::start(move |ex| {
+        if !is_websocket(&ex.request) {
+            return healthy(ex);
+        }
+        let Exchange {
+            request,
+            stream,
+            stop,
+            ..
+        } = ex;
+        let Ok(mut ws) = WsConn::accept(stream, &request) else {
+            return;
+        };
+        if ws.subscribe().is_err() {
+            return;
+        }
+        let event = state_event(
+            &uuid(1),
+            &uuid(100),
+            None,
+            ("RUNNING", "Running"),
+            &rfc3339_from_now(0),
+        );
+        if ws.send_text(&event).is_ok() {
+            ws.keep_alive(&stop, Duration::from_secs(1), Duration::from_secs(60));
+        }
+    });
+    let service = exporter(
+        &fake,
+        &[
+            "--verify-interval",
+            "1s",
+            "--verify-settle",
+            "1s",
+            "--reconcile-interval",
+            "0",
+        ],
+        &[],
+    );
+    let received = Instant::now() + Duration::from_secs(30);
+    while service.get("/api/v1/counts").json()["events"]["received"] != 1 {
+        assert!(Instant::now() < received, "the event was not received");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its window is closed after the settle time, then checked on each of the next rounds.
+    let seen_counts = fake.count("/api/events/count-by/event");
+    let checked = Instant::now() + Duration::from_secs(30);
+    while fake.count("/api/events/count-by/event") < seen_counts + 5 {
+        assert!(Instant::now() < checked, "verification stopped checking");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        fake.count("/api/events/filter"),
+        0,
+        "no event page fetched for a window the server holds fewer events of"
+    );
+}

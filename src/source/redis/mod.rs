@@ -8,7 +8,9 @@
 //! exporter left off (the last entry it saw, or the state file's resume point less an
 //! overlap; the stream start `0` on first use); then `XAUTOCLAIM` hands the consumer every
 //! entry the group had delivered and not acknowledged (a previous run's, or in-flight reads
-//! cut by a lost connection); then blocking `XREADGROUP … COUNT BLOCK >` reads.
+//! cut by a lost connection); then blocking `XREADGROUP … COUNT BLOCK >` reads. Each process
+//! reads under its own consumer name, and only while no other consumer of the group is live
+//! ([`consumers`]: first thing on each connection, and every minute while reading).
 //!
 //! Acknowledgement follows durability: after each batch the source sends
 //! [`Frame::Delivered`] with a token, the pipeline publishes the newest token whose entries
@@ -22,6 +24,7 @@
 //! before they were claimed. Connection losses reconnect with the shared backoff; the password
 //! in the URL is never shown.
 
+pub(crate) mod consumers;
 pub(crate) mod reply;
 pub(crate) mod target;
 
@@ -39,6 +42,7 @@ use crate::model::secret::{display_url, Secret};
 use crate::model::time::{Micros, SECOND};
 use crate::source::backoff::Retry;
 use crate::source::{Frame, StreamError, StreamObserver};
+use consumers::{Check, Refusal, CHECK_EVERY};
 use reply::{Entry, StreamId};
 
 /// Entries read per `XREADGROUP` (and claimed per `XAUTOCLAIM`).
@@ -54,8 +58,6 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(15);
 const RESUME_OVERLAP: Micros = 60 * SECOND;
 /// Most ids per `XACK`.
 const ACK_CHUNK: usize = 4096;
-/// The consumer's name within the group: one exporter per group, so one fixed name.
-pub const CONSUMER: &str = "prefect-events-exporter";
 
 /// Where and what to read.
 #[derive(Clone, Debug)]
@@ -72,7 +74,7 @@ pub struct RedisConfig {
 }
 
 /// What the source remembers across reconnects.
-struct Position {
+pub(crate) struct Position {
     /// The newest id forwarded, or `None` before the first.
     last_seen: Option<StreamId>,
     /// Where a missing group is re-created when nothing was seen yet (the state file's
@@ -142,8 +144,10 @@ async fn connect(config: &RedisConfig) -> Result<MultiplexedConnection, StreamEr
 }
 
 /// One connection's reading: set-up, claims, then reads until shutdown or an error.
-struct Session<'a> {
+pub(crate) struct Session<'a> {
     config: &'a RedisConfig,
+    /// This process's consumer name.
+    consumer: &'a str,
     conn: MultiplexedConnection,
     frames: &'a mpsc::Sender<Frame>,
     observer: &'a dyn StreamObserver,
@@ -233,7 +237,7 @@ impl Session<'_> {
                     ::redis::cmd("XAUTOCLAIM")
                         .arg(&self.config.stream)
                         .arg(&self.config.group)
-                        .arg(CONSUMER)
+                        .arg(self.consumer)
                         .arg(0)
                         .arg(cursor.to_string())
                         .arg("COUNT")
@@ -327,21 +331,30 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Reads until shutdown (`Ok`) or an error, acknowledging as entries become durable.
+    /// Reads until shutdown (`Ok(None)`), an error, or another live consumer of the group
+    /// that this one yields to (`Ok(Some(reason))`), acknowledging as entries become durable.
     async fn read(
         &mut self,
         position: &mut Position,
         durable: &watch::Receiver<u64>,
+        refusal: &mut Refusal,
         shutdown: &CancellationToken,
-    ) -> Result<(), StreamError> {
+    ) -> Result<Option<String>, StreamError> {
         let block = u64::try_from(BLOCK.as_millis()).unwrap_or(1000);
+        let mut checked = Instant::now();
         loop {
             let done = *durable.borrow();
             self.acknowledge(done, position).await?;
+            if checked.elapsed() >= CHECK_EVERY {
+                checked = Instant::now();
+                if let Check::Yield(reason) = self.check_group(position, refusal).await? {
+                    return Ok(Some(reason));
+                }
+            }
             let mut cmd = ::redis::cmd("XREADGROUP");
             cmd.arg("GROUP")
                 .arg(&self.config.group)
-                .arg(CONSUMER)
+                .arg(self.consumer)
                 .arg("COUNT")
                 .arg(READ_COUNT)
                 .arg("BLOCK")
@@ -351,19 +364,19 @@ impl Session<'_> {
                 .arg(">");
             // A read cut short by shutdown leaves its entries pending: claimed next time.
             let value = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => return Ok(None),
                 value = self.query(&cmd) => value?,
             };
             let entries = reply::read_group(value).map_err(protocol)?;
             self.forward(entries, position).await?;
             if self.frames.is_closed() {
-                return Ok(());
+                return Ok(None);
             }
         }
     }
 }
 
-fn protocol(e: reply::ReplyError) -> StreamError {
+pub(crate) fn protocol(e: reply::ReplyError) -> StreamError {
     StreamError::Protocol(e.to_string())
 }
 
@@ -385,6 +398,8 @@ pub async fn run(
         unacked: VecDeque::new(),
         next_token: 1,
     };
+    let consumer = consumers::consumer_name();
+    let mut refusal = Refusal::default();
     let mut retry = Retry::new("Redis", "The Redis stream", shown.clone());
     while !shutdown.is_cancelled() && !frames.is_closed() {
         let started = Instant::now();
@@ -393,17 +408,30 @@ pub async fn run(
             let conn = connect(&config).await?;
             let mut session = Session {
                 config: &config,
+                consumer: &consumer,
                 conn,
                 frames: &frames,
                 observer,
             };
-            session.ensure_group(&position).await?;
-            session.claim_pending(&mut position).await?;
-            info!(redis = %shown, stream = %config.stream, group = %config.group, "Reading the Redis stream.");
-            retry.connected();
-            observer.connected();
-            was_connected = true;
-            session.read(&mut position, &durable, &shutdown).await
+            session.name_connection().await?;
+            // Nothing is read or claimed while another consumer of the group is live.
+            while session.wait_alone(&mut refusal, &shutdown).await? {
+                session.ensure_group(&position).await?;
+                session.claim_pending(&mut position).await?;
+                session.forget_departed(&mut refusal).await?;
+                info!(redis = %shown, stream = %config.stream, group = %config.group, %consumer, "Reading the Redis stream.");
+                retry.connected();
+                observer.connected();
+                was_connected = true;
+                match session
+                    .read(&mut position, &durable, &mut refusal, &shutdown)
+                    .await?
+                {
+                    None => break,
+                    Some(reason) => refusal.refuse(&reason, observer),
+                }
+            }
+            Ok(())
         };
         let outcome = tokio::select! {
             () = shutdown.cancelled() => break,

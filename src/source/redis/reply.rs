@@ -1,8 +1,10 @@
 //! Redis stream ids and the replies of the stream commands the Redis source sends
-//! (`XREADGROUP`, `XAUTOCLAIM`, `XINFO GROUPS`, `XINFO STREAM`), read from the client's raw
+//! (`XREADGROUP`, `XAUTOCLAIM`, `XINFO GROUPS`, `XINFO STREAM`, `XINFO CONSUMERS`,
+//! `CLIENT LIST`), read from the client's raw
 //! values in RESP2 or RESP3 shape; and the gap test that compares a group's position with
 //! what the stream still holds. Pure: no I/O.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use ::redis::Value;
@@ -259,6 +261,73 @@ pub fn group_info(value: Value, group: &str) -> Result<Option<GroupInfo>, ReplyE
     Ok(None)
 }
 
+/// A consumer of a group as `XINFO CONSUMERS` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConsumerInfo {
+    /// Its name.
+    pub name: String,
+    /// Entries delivered to it and not acknowledged.
+    pub pending: u64,
+    /// Milliseconds since it last read (or tried to: Redis 7.2 splits that into `idle` and
+    /// `inactive`; `idle` is the attempt either way).
+    pub idle_ms: u64,
+}
+
+/// `XINFO CONSUMERS <stream> <group>`: every consumer of the group.
+pub fn consumers(value: Value) -> Result<Vec<ConsumerInfo>, ReplyError> {
+    const COMMAND: &str = "XINFO CONSUMERS";
+    let Value::Array(items) = value else {
+        return Err(bad(COMMAND, "not an array"));
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let fields = pairs(item).ok_or_else(|| bad(COMMAND, "a consumer is not a map"))?;
+        let mut info = ConsumerInfo::default();
+        let mut named = false;
+        for (key, value) in &fields {
+            match text(key) {
+                Some(b"name") => {
+                    let name = text(value).ok_or_else(|| bad(COMMAND, "a name is not text"))?;
+                    info.name = String::from_utf8_lossy(name).into_owned();
+                    named = true;
+                }
+                Some(b"pending") => info.pending = integer(value).unwrap_or(0),
+                Some(b"idle") => info.idle_ms = integer(value).unwrap_or(0),
+                _ => {}
+            }
+        }
+        if !named {
+            return Err(bad(COMMAND, "a consumer without a name"));
+        }
+        out.push(info);
+    }
+    Ok(out)
+}
+
+/// `CLIENT LIST`: the named connections, each name with the fewest seconds since one of
+/// its connections last sent a command (unnamed connections are left out).
+pub fn client_list(value: &Value) -> Result<HashMap<String, u64>, ReplyError> {
+    const COMMAND: &str = "CLIENT LIST";
+    let listing = text(value).ok_or_else(|| bad(COMMAND, "not text"))?;
+    let mut out: HashMap<String, u64> = HashMap::new();
+    for line in String::from_utf8_lossy(listing).lines() {
+        let mut name = None;
+        let mut idle = None;
+        for field in line.split(' ') {
+            match field.split_once('=') {
+                Some(("name", value)) if !value.is_empty() => name = Some(value),
+                Some(("idle", value)) => idle = value.parse::<u64>().ok(),
+                _ => {}
+            }
+        }
+        if let (Some(name), Some(idle)) = (name, idle) {
+            let seen = out.entry(name.to_owned()).or_insert(idle);
+            *seen = (*seen).min(idle);
+        }
+    }
+    Ok(out)
+}
+
 /// A stream as `XINFO STREAM` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StreamInfo {
@@ -448,6 +517,77 @@ mod tests {
                 first_entry: Some(id("9-0")),
             }
         );
+    }
+
+    #[test]
+    fn consumers_in_resp2_and_resp3_with_or_without_inactive() {
+        // Redis 7.0 (measured shape): name, pending, idle.
+        let resp2 = Value::Array(vec![
+            Value::Array(vec![
+                bulk("name"),
+                bulk("prefect-events-exporter-h-1-a"),
+                bulk("pending"),
+                Value::Int(3),
+                bulk("idle"),
+                Value::Int(812),
+            ]),
+            // Redis 7.2 adds inactive (-1: never read successfully).
+            Value::Array(vec![
+                bulk("name"),
+                bulk("b"),
+                bulk("pending"),
+                Value::Int(0),
+                bulk("idle"),
+                Value::Int(61_000),
+                bulk("inactive"),
+                Value::Int(-1),
+            ]),
+        ]);
+        let expected = vec![
+            ConsumerInfo {
+                name: "prefect-events-exporter-h-1-a".to_owned(),
+                pending: 3,
+                idle_ms: 812,
+            },
+            ConsumerInfo {
+                name: "b".to_owned(),
+                pending: 0,
+                idle_ms: 61_000,
+            },
+        ];
+        assert_eq!(consumers(resp2).unwrap(), expected);
+        let resp3 = Value::Array(vec![Value::Map(vec![
+            (bulk("name"), bulk("b")),
+            (bulk("pending"), Value::Int(0)),
+            (bulk("idle"), Value::Int(61_000)),
+        ])]);
+        assert_eq!(consumers(resp3).unwrap(), expected[1..]);
+        assert_eq!(consumers(Value::Array(vec![])).unwrap(), vec![]);
+        assert!(consumers(Value::Int(1)).is_err());
+        assert!(consumers(Value::Array(vec![Value::Array(vec![
+            bulk("idle"),
+            Value::Int(1)
+        ])]))
+        .is_err());
+    }
+
+    #[test]
+    fn client_list_names_with_their_freshest_connection() {
+        // The measured shape (Redis 7.0), one line per connection.
+        let listing = "id=3 addr=127.0.0.1:50412 laddr=127.0.0.1:6379 fd=8 name=exporter-a age=12 idle=0 flags=b db=0 cmd=xreadgroup\n\
+                       id=4 addr=127.0.0.1:50414 laddr=127.0.0.1:6379 fd=9 name= age=3 idle=3 flags=N db=0 cmd=client|list\n\
+                       id=5 addr=127.0.0.1:50416 laddr=127.0.0.1:6379 fd=10 name=exporter-a age=40 idle=31 flags=N db=0 cmd=xack\n\
+                       id=6 addr=127.0.0.1:50418 laddr=127.0.0.1:6379 fd=11 name=exporter-b age=40 idle=9 flags=N db=0 cmd=xack\n";
+        let clients = client_list(&bulk(listing)).unwrap();
+        assert_eq!(clients.len(), 2, "{clients:?}");
+        assert_eq!(clients["exporter-a"], 0);
+        assert_eq!(clients["exporter-b"], 9);
+        let verbatim = Value::VerbatimString {
+            format: ::redis::VerbatimFormat::Text,
+            text: "id=1 name=x idle=2\n".to_owned(),
+        };
+        assert_eq!(client_list(&verbatim).unwrap()["x"], 2);
+        assert!(client_list(&Value::Int(1)).is_err());
     }
 
     #[test]

@@ -74,6 +74,14 @@ function metric(textBody, name) {
   return line ? Number(line.split(" ").pop()) : null;
 }
 
+// The sum of every sample of a counter family (0 when it has none yet).
+function metricSum(textBody, name) {
+  return textBody
+    .split("\n")
+    .filter((l) => l.startsWith(name + " ") || l.startsWith(name + "{"))
+    .reduce((total, l) => total + Number(l.split(" ").pop()), 0);
+}
+
 async function refresh() {
   try {
     const [history, late, pending, cancelling, metrics] = await Promise.all([
@@ -93,6 +101,7 @@ async function refresh() {
     text($("delay"), count ? (sum / count).toFixed(3) + " s" : "–");
     text($("repaired"), metric(metrics, "prefect_exporter_events_repaired_total") ?? "–");
     text($("reconciliations"), metric(metrics, "prefect_exporter_reconciliations_total") ?? "–");
+    text($("rest-requests"), metricSum(metrics, "prefect_exporter_api_requests_total"));
   } catch (e) {
     console.warn(e);
   }
