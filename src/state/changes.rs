@@ -1,7 +1,7 @@
 //! The change log: every state event the tracker applies, as a small copyable [`Change`] in a
 //! bounded ring that readers (the HTTP stream) follow by sequence number.
 //!
-//! Appending copies 40 bytes into a ring allocated once, under the aggregates' lock the
+//! Appending copies 48 bytes into a ring allocated once, under the aggregates' lock the
 //! tracker already holds, so it costs ingestion nothing measurable and never waits for a
 //! reader. The ring forgets its oldest change when full; a reader whose next sequence number
 //! was forgotten learns it (and by how much) instead of silently skipping.
@@ -33,6 +33,10 @@ pub struct Change {
     pub to: StateId,
     /// The event's `occurred`.
     pub occurred: Micros,
+    /// Whether the run entered `to` (false: the event is older than the run's state when it
+    /// arrived, as Prefect's events are not delivered in `occurred` order; it is counted as an
+    /// entry all the same, but the run stayed where it was).
+    pub current: bool,
 }
 
 /// The bounded ring of changes.
@@ -108,6 +112,7 @@ mod tests {
             from: None,
             to: StateId(1),
             occurred: 0,
+            current: true,
         }
     }
 
@@ -124,5 +129,10 @@ mod tests {
         assert_eq!(keys, vec![(3, 3), (4, 4)]);
         assert_eq!(log.since(5).unwrap().count(), 0);
         assert_eq!(log.since(1).err(), Some(Forgotten { oldest: 2 }));
+    }
+
+    #[test]
+    fn a_change_is_48_bytes() {
+        assert_eq!(std::mem::size_of::<Change>(), 48);
     }
 }

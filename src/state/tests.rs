@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use crate::model::event::{RunKind, StateType};
 use crate::state::names::StateId;
-use crate::state::test_support::{apply, at, event, key, tracker, waiting_runs};
+use crate::state::record::run_key;
+use crate::state::test_support::{apply, at, event, key, run_id, tracker, waiting_runs};
 use crate::state::Tracker;
 
 use StateType::{Completed, Pending, Running};
@@ -151,4 +152,38 @@ fn durations_are_observed_on_leaving_and_waiting_runs_are_indexed_oldest_first()
             .collect();
         assert_eq!(pending, vec![at(10), at(20)]);
     });
+}
+
+/// The change log marks an event older than its run's state (Prefect does not deliver events
+/// in `occurred` order): a RUNNING arriving after the COMPLETED that followed it is logged
+/// (and counted as an entry) but did not move the run, and the stream leaves it out of the
+/// run's own path.
+#[test]
+fn the_change_log_marks_late_events() {
+    let mut t = tracker();
+    apply(
+        &mut t,
+        &[
+            event(1, 1, 20, None, Pending),
+            event(3, 1, 40, Some(Running), Completed),
+            event(2, 1, 30, Some(Pending), Running),
+        ],
+    );
+    let logged: Vec<(u64, bool)> = t.shared().with_counts(|c| {
+        c.changes
+            .since(0)
+            .unwrap()
+            .map(|change| (change.seq, change.current))
+            .collect()
+    });
+    assert_eq!(logged, vec![(0, true), (1, true), (2, false)]);
+    let (run, _) = run_key(RunKind::FlowRun, &run_id(1));
+    let state = t
+        .shared()
+        .find_run(RunKind::FlowRun, run, |r, _| r.state())
+        .unwrap();
+    assert_eq!(
+        t.shared().with_counts(|c| c.states.key(state).ty),
+        Completed
+    );
 }

@@ -349,15 +349,6 @@ impl<'t> Writer<'t> {
         }
 
         let (key, canonical) = run_key(kind, &event.resource_id);
-        counts.changes.push(Change {
-            seq: 0,
-            kind,
-            key,
-            canonical,
-            from,
-            to,
-            occurred: event.occurred,
-        });
         self.mark(kind, key);
         let step = Step {
             kind,
@@ -371,12 +362,12 @@ impl<'t> Writer<'t> {
         let table: &'t RunTable = self.shared.table(kind);
         let hash = table.hash(key);
         let mut shard = table.write(hash);
-        match shard.get_mut(hash, key) {
+        let current = match shard.get_mut(hash, key) {
             Some(record) => {
                 if event.follows.is_some() && !follows_seen {
                     self.counts.events.chain_gaps += 1;
                 }
-                self.update_run(record, step);
+                self.update_run(record, step)
             }
             None => {
                 let record = self.new_run(&step);
@@ -384,8 +375,19 @@ impl<'t> Writer<'t> {
                 table.insert(&mut shard, hash, record, odd_id);
                 drop(shard);
                 self.enforce_cap(kind, key);
+                true
             }
-        }
+        };
+        self.counts.changes.push(Change {
+            seq: 0,
+            kind,
+            key,
+            canonical,
+            from,
+            to,
+            occurred: event.occurred,
+            current,
+        });
     }
 
     /// The record of a run seen for the first time, with its contribution to the totals.
@@ -437,8 +439,8 @@ impl<'t> Writer<'t> {
         record
     }
 
-    /// Folds one more event into a tracked run's record.
-    fn update_run(&mut self, record: &mut RunRecord, step: Step<'_, '_>) {
+    /// Folds one more event into a tracked run's record; false when it arrived late.
+    fn update_run(&mut self, record: &mut RunRecord, step: Step<'_, '_>) -> bool {
         let current = (record.state_at(), record.state_event());
         record.count_transition(step.from, step.to);
         record.remember(step.recent());
@@ -451,9 +453,11 @@ impl<'t> Writer<'t> {
             record.set_labels(labels);
         }
         self.move_anchor(record, &step);
-        if (step.at, event.id) > current {
+        let newer = (step.at, event.id) > current;
+        if newer {
             self.enter_state(record, step);
         }
+        newer
     }
 
     /// Keeps the run's state at the baseline time right, and the totals with it.

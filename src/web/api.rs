@@ -30,6 +30,12 @@ use crate::web::Error;
 /// holds in the kernel.
 const SEND_BUFFER: usize = 512 * 1024;
 
+/// How long a write to a client that stopped reading may wait before its connection is
+/// dropped: past [`crate::web::stream::STALL`], so a stream client that stops reading has its
+/// `overflow` event queued first, and the connection still goes when that final write never
+/// drains.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How the API server listens, and protects itself.
 #[derive(Clone, Debug)]
 pub struct WebSettings {
@@ -81,6 +87,7 @@ impl ApiServer {
             cap: ConnectionCap::new(settings.max_connections, stats.clone()),
             tls,
             send_buffer: Some(SEND_BUFFER),
+            write_timeout: Some(WRITE_TIMEOUT),
         };
         let streams = Arc::new(Streams::new(
             shared.clone(),

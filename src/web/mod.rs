@@ -1,7 +1,8 @@
 //! The HTTP side: the server both the API and `serve-replay` run on ([`server`]), the API's
 //! routes ([`routes`]) and query parameters ([`query`]), what it refuses ([`limits`]), whom
-//! it serves ([`auth`]), HTTPS ([`tls`]), its own metric families ([`metrics`]), the event
-//! stream ([`stream`]), the live page ([`page`]), and the API as a running service ([`api`]).
+//! it serves ([`auth`]), HTTPS ([`tls`]), the deadline on writes ([`write_deadline`]), its own
+//! metric families ([`metrics`]), the event stream ([`stream`]) and its wire format ([`sse`]),
+//! the live page ([`page`]), and the API as a running service ([`api`]).
 
 pub(crate) mod api;
 pub(crate) mod auth;
@@ -12,8 +13,10 @@ pub mod query;
 pub(crate) mod response;
 pub(crate) mod routes;
 pub(crate) mod server;
+pub(crate) mod sse;
 pub mod stream;
 pub(crate) mod tls;
+pub(crate) mod write_deadline;
 
 use std::io;
 

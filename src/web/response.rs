@@ -2,6 +2,7 @@
 //! content type, or a stream of chunks from a bounded channel ([`Body::Stream`], the event
 //! stream); every JSON error is `{"error": "..."}`.
 
+use std::any::Any;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -21,8 +22,29 @@ pub type HttpResponse = Response<Body>;
 pub enum Body {
     /// The whole body at once.
     Full(Full<Bytes>),
-    /// Chunks as they come; the body ends when the sender is dropped.
-    Stream(mpsc::Receiver<Bytes>),
+    /// Chunks as they come; the body ends when the sender is dropped. The [`Held`] value
+    /// lives as long as the body, that is until the connection has written it or closed.
+    Stream(mpsc::Receiver<Bytes>, Held),
+}
+
+/// Something a streamed body keeps until it is dropped (a gauge's guard).
+pub struct Held {
+    _value: Box<dyn Any + Send + Sync>,
+}
+
+impl Held {
+    /// Keeps `value` with the body.
+    pub fn new(value: impl Any + Send + Sync) -> Held {
+        Held {
+            _value: Box::new(value),
+        }
+    }
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Held")
+    }
 }
 
 impl Body {
@@ -42,7 +64,7 @@ impl hyper::body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Body::Full(full) => Pin::new(full).poll_frame(cx),
-            Body::Stream(chunks) => chunks
+            Body::Stream(chunks, _) => chunks
                 .poll_recv(cx)
                 .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes)))),
         }
@@ -51,14 +73,14 @@ impl hyper::body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Body::Full(full) => full.is_end_stream(),
-            Body::Stream(_) => false,
+            Body::Stream(..) => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(full) => full.size_hint(),
-            Body::Stream(_) => SizeHint::default(),
+            Body::Stream(..) => SizeHint::default(),
         }
     }
 }

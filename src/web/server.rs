@@ -1,7 +1,8 @@
 //! The HTTP server both the exporter's API and `serve-replay` run on: hyper 1.x, HTTP/1.1
 //! with upgrades, a connection cap that sheds idle connections before refusing, a header
 //! deadline (which also bounds TLS handshakes and idle keep-alive connections), a head size
-//! limit, and a drain deadline at shutdown.
+//! limit, an optional deadline on writes to a peer that stopped reading, and a drain deadline
+//! at shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +28,7 @@ use crate::web::limits::{
 };
 use crate::web::metrics::HttpStats;
 use crate::web::response::HttpResponse;
+use crate::web::write_deadline::WriteDeadline;
 use crate::web::Error;
 
 /// Default time a client may take to send its request headers (`--web-header-timeout`).
@@ -49,6 +51,9 @@ pub struct ServeConfig {
     /// The socket send buffer of each connection (`None`: the kernel's autotuning, which
     /// lets a client that stops reading hold megabytes).
     pub send_buffer: Option<usize>,
+    /// How long a write may wait for a peer that stopped reading before the connection is
+    /// dropped (`None`: forever).
+    pub write_timeout: Option<Duration>,
 }
 
 impl Default for ServeConfig {
@@ -62,6 +67,7 @@ impl Default for ServeConfig {
             ),
             tls: None,
             send_buffer: None,
+            write_timeout: None,
         }
     }
 }
@@ -109,11 +115,11 @@ where
         let handler = handler.clone();
         let shutdown = shutdown.clone();
         let tls = config.tls.clone();
+        let timeouts = (config.header_timeout, config.write_timeout);
         let header_timeout = config.header_timeout;
         connections.spawn(async move {
             let Some(acceptor) = tls else {
-                return serve_connection(stream, peer, handler, header_timeout, shutdown, slot)
-                    .await;
+                return serve_connection(stream, peer, handler, timeouts, shutdown, slot).await;
             };
             let handshake = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -122,7 +128,7 @@ where
             };
             match handshake {
                 Ok(Ok(stream)) => {
-                    serve_connection(stream, peer, handler, header_timeout, shutdown, slot).await;
+                    serve_connection(stream, peer, handler, timeouts, shutdown, slot).await;
                 }
                 Ok(Err(e)) => debug!(error = %e, %peer, "TLS handshake failed."),
                 Err(_) => debug!(%peer, "TLS handshake timed out."),
@@ -143,13 +149,14 @@ where
     Ok(())
 }
 
-/// Serves one connection until it ends; on `shutdown`, finishes the request in flight; when
-/// shed (it had sent no request), closes at once.
+/// Serves one connection until it ends (or a write waits longer than the write timeout); on
+/// `shutdown`, finishes the request in flight; when shed (it had sent no request), closes at
+/// once. `timeouts`: the header and write timeouts.
 async fn serve_connection<IO, H, F>(
     io: IO,
     peer: SocketAddr,
     handler: H,
-    header_timeout: Duration,
+    (header_timeout, write_timeout): (Duration, Option<Duration>),
     shutdown: CancellationToken,
     slot: Slot,
 ) where
@@ -168,7 +175,7 @@ async fn serve_connection<IO, H, F>(
         .header_read_timeout(header_timeout)
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_READ_BUFFER)
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection(TokioIo::new(WriteDeadline::new(io, write_timeout)), service)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -4,12 +4,21 @@
 //! and its change signal, and writes events into a bounded channel the response body reads.
 //! Ingestion never waits for a client: the log is a ring the tracker appends to under the
 //! lock it holds anyway, and a client's task only reads it. A client that reads too slowly
-//! (its channel stays full for [`STALL`], or the ring forgot changes it had not sent yet)
-//! gets a final `overflow` event in the slot kept for it, and the stream ends, counted.
+//! (its buffer of [`CLIENT_BUFFER`] unwritten events stays full for [`STALL`], or the ring
+//! forgot changes it had not sent yet) gets a final `overflow` event in the slot kept for
+//! it, and the stream ends, counted; a connection that cannot even write that is dropped by
+//! the server's write deadline ([`crate::web::write_deadline`]).
+//!
+//! Cost with many clients: a transition client wakes at most once per [`BATCH_WINDOW`]
+//! (all on one grid), reads the log once under the lock, and sends everything new as one
+//! chunk; each change's `transition` event is rendered once for all clients ([`Renders`]),
+//! and each tick's `counts` document once for all counts clients.
 //!
 //! Events: `counts` (the `/api/v1/counts` document, first and then at most once per
-//! `--stream-interval` while anything changes), `transition` (`?resource=` and the
-//! `?kind=`/`state_type=`/`state_name=` filters), `end` (the run reached a terminal state),
+//! `--stream-interval` while anything changes), `transition` (`?resource=`: the events that
+//! moved the run's state, a late one, older than the run's state, is left out; the
+//! `?kind=`/`state_type=`/`state_name=` filters: every counted entry, a late one marked
+//! `"late": true`), `end` (the run's state became terminal),
 //! `reset` (a `Last-Event-ID` older than the history), `overflow`, and `: ping` comments.
 //! Ids are `<start>-<seq>`: resuming with one continues right after that event, if the same
 //! process still holds it.
@@ -23,29 +32,34 @@ use hyper::{Response, StatusCode};
 use parking_lot::Mutex;
 use prometheus::{IntCounter, IntGauge};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::expose::catalogue::HttpMetrics;
 use crate::expose::report::CountsReport;
 use crate::model::event::{RunKind, StateKey};
-use crate::model::time::{format_rfc3339, Micros};
+use crate::model::time::Micros;
 use crate::state::changes::Forgotten;
 use crate::state::record::{canonical_id, RunKey};
 use crate::state::status::Status;
 use crate::state::Shared;
 use crate::web::query::StreamFilter;
-use crate::web::response::{Body, HttpResponse};
+use crate::web::response::{Body, Held, HttpResponse};
+use crate::web::sse::{self, Renders};
 
 /// Default of `--stream-interval`: at most four `counts` events a second.
 pub const DEFAULT_STREAM_INTERVAL: Duration = Duration::from_millis(250);
 /// Default of `--stream-ping-interval`.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(15);
-/// Events a client may have waiting to be sent; the last slot is kept for `overflow`.
+/// Events a client may have waiting to be written; the last slot is kept for `overflow`.
 pub const CLIENT_BUFFER: usize = 256;
 /// How long a client with a full buffer has to make room before it gets `overflow`.
 pub const STALL: Duration = Duration::from_secs(5);
+/// Least time between two sends of transitions to one client: the changes of one window go
+/// in one chunk, and a busy log wakes each client at most once per window.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(100);
 
 /// How streams behave.
 #[derive(Clone, Copy, Debug)]
@@ -93,7 +107,8 @@ impl StreamStats {
     }
 }
 
-/// Counts a client as connected while it lives.
+/// Counts a client as connected while it lives (it lives with the response body, so until
+/// the connection has written it or was dropped).
 struct Connected(Arc<StreamStats>);
 
 impl Connected {
@@ -128,6 +143,8 @@ pub struct Streams {
     origin: Instant,
     /// The `counts` event of the newest tick: (tick, generation it shows, the event).
     counts: Mutex<Option<(u64, u64, Bytes)>>,
+    /// The newest `transition` events of the entries filters, rendered once for all.
+    renders: Mutex<Renders>,
 }
 
 impl Streams {
@@ -149,6 +166,7 @@ impl Streams {
             shutdown,
             origin: Instant::now(),
             counts: Mutex::new(None),
+            renders: Mutex::new(Renders::default()),
         }
     }
 
@@ -156,6 +174,15 @@ impl Streams {
     fn tick(&self, at: Instant) -> u64 {
         let interval = self.settings.interval.as_nanos().max(1);
         u64::try_from(at.duration_since(self.origin).as_nanos() / interval).unwrap_or(u64::MAX)
+    }
+
+    /// The end of the [`BATCH_WINDOW`] `at` falls in (windows start at the origin, so all
+    /// clients wake together).
+    fn window_end(&self, at: Instant) -> Instant {
+        let window = BATCH_WINDOW.as_nanos();
+        let n = at.duration_since(self.origin).as_nanos() / window + 1;
+        let nanos = u64::try_from(n.saturating_mul(window)).unwrap_or(u64::MAX);
+        self.origin + Duration::from_nanos(nanos)
     }
 
     /// When interval `tick` starts.
@@ -180,8 +207,8 @@ impl Streams {
         let generation = self.shared.generation();
         let next = self.shared.with_counts(|c| c.changes.next_seq());
         let report = CountsReport::build(&self.shared, &self.status);
-        let data = serde_json::to_string(&report).unwrap_or_default();
-        let event = Bytes::from(sse("counts", Some(&self.id(next)), &data));
+        let data = serde_json::to_vec(&report).unwrap_or_default();
+        let event = Bytes::from(sse::event("counts", Some(&self.id(next)), &data));
         if let Some(tick) = tick {
             *cached = Some((tick, generation, event.clone()));
         }
@@ -207,13 +234,14 @@ impl Streams {
                 streams: self.clone(),
                 out: Outbox {
                     tx,
+                    room: Arc::new(Semaphore::new(CLIENT_BUFFER - 1)),
                     stats: self.stats.clone(),
                     shutdown: self.shutdown.clone(),
                 },
                 filter,
             };
             tokio::spawn(client.run(resume));
-            Body::Stream(rx)
+            Body::Stream(rx, Held::new(Connected::new(self.stats.clone())))
         };
         let mut response = Response::new(body);
         *response.status_mut() = StatusCode::OK;
@@ -242,51 +270,65 @@ impl Streams {
 /// Why a stream ended early.
 struct Stop;
 
-/// The client's bounded channel.
+/// The client's bounded buffer: a channel of chunks, and room for [`CLIENT_BUFFER`] - 1
+/// events not yet written, a chunk holding its events' room until the connection wrote it.
 struct Outbox {
     tx: mpsc::Sender<Bytes>,
+    room: Arc<Semaphore>,
     stats: Arc<StreamStats>,
     shutdown: CancellationToken,
 }
 
+/// A chunk on its way to the client, holding its events' room in the buffer.
+struct Queued {
+    bytes: Bytes,
+    _room: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Queued {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 impl Outbox {
-    /// Queues an event once two slots are free (the last one is kept for `overflow`); when
-    /// the client has not made room within [`STALL`], queues `overflow` instead, and the
-    /// stream ends.
-    async fn send(&self, chunk: impl Into<Bytes>) -> Result<(), Stop> {
-        let space = tokio::select! {
+    /// Queues a chunk of `events` events once there is room for them (the last slot is kept
+    /// for `overflow`); when the client has not made room within [`STALL`], queues
+    /// `overflow` instead, and the stream ends.
+    async fn send(&self, chunk: Bytes, events: usize) -> Result<(), Stop> {
+        let events = u32::try_from(events.clamp(1, CLIENT_BUFFER - 1)).unwrap_or(1);
+        let room = tokio::select! {
             () = self.shutdown.cancelled() => return Err(Stop),
-            space = tokio::time::timeout(STALL, self.tx.reserve_many(2)) => space,
+            () = self.tx.closed() => return Err(Stop),
+            room = tokio::time::timeout(STALL, self.room.clone().acquire_many_owned(events)) => room,
         };
-        match space {
-            Ok(Ok(mut permits)) => {
-                if let Some(permit) = permits.next() {
-                    permit.send(chunk.into());
-                }
-                Ok(())
-            }
-            Ok(Err(_)) => Err(Stop),
-            Err(_) => Err(self.overflow()),
+        let room = match room {
+            Ok(Ok(room)) => room,
+            Ok(Err(_)) => return Err(Stop),
+            Err(_) => return Err(self.overflow()),
+        };
+        // Every queued chunk holds room for one event at least, so the channel always has a
+        // slot left: for this chunk, and then for `overflow`.
+        let chunk = Bytes::from_owner(Queued {
+            bytes: chunk,
+            _room: room,
+        });
+        match self.tx.try_send(chunk) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(Stop),
+            Err(TrySendError::Full(_)) => Err(self.overflow()),
         }
     }
 
     /// Queues the final `overflow` event (into the slot kept for it) and counts the drop.
     fn overflow(&self) -> Stop {
         let data = json!({"reason": "the client read too slowly", "buffered": CLIENT_BUFFER});
-        let overflow = sse("overflow", None, &data.to_string());
+        let overflow = sse::event("overflow", None, data.to_string().as_bytes());
         if !self.tx.is_closed() {
             let _ = self.tx.try_send(Bytes::from(overflow));
             self.stats.dropped.inc();
         }
         Stop
-    }
-}
-
-/// One event in the SSE wire format (`data` is one line of JSON).
-fn sse(event: &str, id: Option<&str>, data: &str) -> String {
-    match id {
-        Some(id) => format!("event: {event}\nid: {id}\ndata: {data}\n\n"),
-        None => format!("event: {event}\ndata: {data}\n\n"),
     }
 }
 
@@ -299,10 +341,12 @@ struct Item {
     from: Option<StateKey>,
     to: StateKey,
     occurred: Micros,
+    /// Older than the run's state when it arrived (the run stayed where it was).
+    late: bool,
 }
 
-/// Most changes copied out of the log at once.
-const BATCH: usize = CLIENT_BUFFER;
+/// Most changes copied out of the log at once (and sent in one chunk).
+const BATCH: usize = CLIENT_BUFFER / 2;
 
 /// One connected client.
 struct Client {
@@ -313,7 +357,6 @@ struct Client {
 
 impl Client {
     async fn run(self, resume: Option<u64>) {
-        let _connected = Connected::new(self.streams.stats.clone());
         let _ = match self.filter {
             StreamFilter::Counts => self.counts().await,
             _ => self.changes(resume).await,
@@ -344,7 +387,7 @@ impl Client {
             () = sleep_until(until.unwrap_or(far)), if until.is_some() => Ok(()),
             () = sleep_until(*next_ping) => {
                 *next_ping = Instant::now() + streams.settings.ping;
-                self.out.send(": ping\n\n".to_owned()).await
+                self.out.send(Bytes::from_static(b": ping\n\n"), 1).await
             }
         }
     }
@@ -354,7 +397,7 @@ impl Client {
         let streams = &self.streams;
         let mut next_ping = Instant::now() + streams.settings.ping;
         let (mut sent, first) = streams.counts_event(None);
-        self.out.send(first).await?;
+        self.out.send(first, 1).await?;
         let mut last_tick = streams.tick(Instant::now());
         loop {
             let current = streams.shared.generation();
@@ -363,7 +406,7 @@ impl Client {
                 let tick = streams.tick(Instant::now());
                 if tick > last_tick {
                     let (generation, event) = streams.counts_event(Some(tick));
-                    self.out.send(event).await?;
+                    self.out.send(event, 1).await?;
                     (sent, last_tick) = (generation, tick);
                     continue;
                 }
@@ -376,7 +419,8 @@ impl Client {
     }
 
     /// Transitions of the filter, from `resume` (or, for one run, from the oldest change
-    /// held; otherwise from now).
+    /// held; otherwise from now): whatever is new at the end of each [`BATCH_WINDOW`] in
+    /// which something changed, as one chunk.
     async fn changes(&self, resume: Option<u64>) -> Result<(), Stop> {
         let streams = &self.streams;
         let shared = &streams.shared;
@@ -397,20 +441,21 @@ impl Client {
                     Ok(next) => cursor = next,
                     Err(Forgotten { oldest }) if first => {
                         let data = json!({"after": self.streams.id(cursor), "resumed_at": self.streams.id(oldest)});
-                        self.out.send(sse("reset", None, &data.to_string())).await?;
+                        let reset = sse::event("reset", None, data.to_string().as_bytes());
+                        self.out.send(reset.into(), 1).await?;
                         cursor = oldest;
                         continue;
                     }
                     // Fell behind the log itself: as slow as a full buffer.
                     Err(_) => return Err(self.out.overflow()),
                 }
-                for item in &items {
-                    self.send_transition(item).await?;
-                    if matches!(self.filter, StreamFilter::Resource { .. })
-                        && item.to.ty.is_terminal()
-                    {
-                        return self.send_end(&item.to).await;
-                    }
+                if items.is_empty() {
+                    break;
+                }
+                let (chunk, events, ended) = self.render(&items);
+                self.out.send(chunk.into(), events).await?;
+                if ended {
+                    return Err(Stop);
                 }
                 if items.len() < BATCH {
                     break;
@@ -423,6 +468,9 @@ impl Client {
                 }
             }
             self.wait(Some(seen), &mut next_ping, None).await?;
+            // Something changed: let the rest of the window's changes join it.
+            let window_end = streams.window_end(Instant::now());
+            self.wait(None, &mut next_ping, Some(window_end)).await?;
         }
     }
 
@@ -436,8 +484,9 @@ impl Client {
                 let to = c.states.key(change.to);
                 let wanted = match &self.filter {
                     StreamFilter::Counts => false,
+                    // The run's own path: a late event did not move it.
                     StreamFilter::Resource { kind, key, .. } => {
-                        change.kind == *kind && change.key == *key
+                        change.kind == *kind && change.key == *key && change.current
                     }
                     StreamFilter::Entries {
                         kind,
@@ -459,6 +508,7 @@ impl Client {
                         from: change.from.map(|f| c.states.key(f).clone()),
                         to: to.clone(),
                         occurred: change.occurred,
+                        late: !change.current,
                     });
                     if items.len() == BATCH {
                         break;
@@ -484,29 +534,47 @@ impl Client {
             .unwrap_or_else(|| canonical_id(item.kind, item.key))
     }
 
-    async fn send_transition(&self, item: &Item) -> Result<(), Stop> {
-        let state = |s: &StateKey| json!({"type": s.ty.as_str(), "name": &*s.name});
-        let data = json!({
-            "resource": self.resource(item),
-            "from": item.from.as_ref().map(state),
-            "to": state(&item.to),
-            "occurred": format_rfc3339(item.occurred),
-        });
-        let id = self.streams.id(item.seq + 1);
-        self.out
-            .send(sse("transition", Some(&id), &data.to_string()))
-            .await
+    /// The items' `transition` events as one chunk, with the number of events in it and
+    /// whether it ends the stream (a run's `end` follows its terminal transition). The
+    /// entries filters share one render of each change.
+    fn render(&self, items: &[Item]) -> (Vec<u8>, usize, bool) {
+        let streams = &self.streams;
+        let mut chunk = Vec::with_capacity(items.len() * 256);
+        let transition = |item: &Item| {
+            let id = streams.id(item.seq + 1);
+            let from = item.from.as_ref();
+            let late = item.late;
+            sse::transition(
+                &id,
+                &self.resource(item),
+                from,
+                &item.to,
+                item.occurred,
+                late,
+            )
+        };
+        if let StreamFilter::Resource { id, .. } = &self.filter {
+            for (n, item) in items.iter().enumerate() {
+                chunk.extend_from_slice(&transition(item));
+                if item.to.ty.is_terminal() {
+                    chunk.extend_from_slice(&sse::end(id, &item.to));
+                    return (chunk, n + 2, true);
+                }
+            }
+            return (chunk, items.len(), false);
+        }
+        let mut renders = streams.renders.lock();
+        for item in items {
+            chunk.extend_from_slice(&renders.get_or_render(item.seq, || transition(item)));
+        }
+        (chunk, items.len(), false)
     }
 
     async fn send_end(&self, state: &StateKey) -> Result<(), Stop> {
         let StreamFilter::Resource { id, .. } = &self.filter else {
             return Ok(());
         };
-        let data = json!({
-            "resource": id,
-            "state": {"type": state.ty.as_str(), "name": &*state.name},
-        });
-        self.out.send(sse("end", None, &data.to_string())).await?;
+        self.out.send(sse::end(id, state).into(), 1).await?;
         Err(Stop)
     }
 

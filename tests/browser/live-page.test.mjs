@@ -3,7 +3,9 @@
 //     (the recording's REST truth, written by hand) and a screenshot is saved;
 //  2. against `run` fed by `serve-replay --rate 20`, the events figure changes within one
 //     second, three times in a row, without the page reloading; the REST requests figure
-//     shows at least the baseline's nine counts (0 in the replay of 1).
+//     shows at least the baseline's nine counts (0 in the replay of 1);
+//  3. the same against a `run` behind `--web-basic-auth` (the browser's credentials reach
+//     the page and its event stream; without them the page is refused).
 // Usage: node live-page.test.mjs [--screenshot PATH]   (binary: $PREFECT_EXPORTER_BIN)
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -48,15 +50,37 @@ function start(args, readyLine) {
   });
 }
 
-/** Polls `url` until it answers 200 (readiness), within 30 s. */
-async function ready(url) {
+/** Polls `url` (with `headers`) until it answers 200 (readiness), within 30 s. */
+async function ready(url, headers = {}) {
   const deadline = Date.now() + 30000;
   while (Date.now() < deadline) {
-    try { if ((await fetch(url)).status === 200) return; } catch { /* not yet */ }
+    try { if ((await fetch(url, { headers })).status === 200) return; } catch { /* not yet */ }
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`${url} not ready within 30 s`);
 }
+
+/** The events figure of the page at `url` changes within 1 s of events, three times in a
+ * row, without the page reloading. */
+async function followsLive(page, url) {
+  await page.goto(url);
+  await page.locator("#received").filter({ hasText: /^\d+$/ }).waitFor({ timeout: 10000 });
+  await page.evaluate(() => { window.__notReloaded = true; });
+  for (let i = 0; i < 3; i++) {
+    const before = await page.locator("#received").textContent();
+    const started = Date.now();
+    await page.waitForFunction((prev) => document.getElementById("received").textContent !== prev, before, { timeout: 1000 });
+    const after = await page.locator("#received").textContent();
+    console.log(`ok: events ${before} -> ${after} in ${Date.now() - started} ms`);
+  }
+  assert.equal(await page.evaluate(() => window.__notReloaded), true, "the page did not reload");
+}
+
+// Part 3's credentials: the hash is bcrypt (cost 4) of the password, made with
+// python3 -c 'import crypt; print(crypt.crypt("live-page-secret", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)))'
+const user = "live";
+const password = "live-page-secret";
+const hash = "$2b$04$9wHCdiEUuTh1SYEHe.8qGuuoI/Hnp818U0Vhts/maKnM8KDO3LamO";
 
 const userDataDir = mkdtempSync(join(tmpdir(), "live-page-chromium-"));
 let context;
@@ -65,6 +89,8 @@ try {
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
     headless: true,
     viewport: { width: 1000, height: 900 },
+    // Sent only when a server asks (401 with a Basic challenge): parts 1 and 2 never do.
+    httpCredentials: { username: user, password },
     args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
       "--no-first-run", "--disable-sync", "--disable-quic"],
   });
@@ -90,21 +116,24 @@ try {
   const server = await start(["serve-replay", recording, "--rate", "20"], "");
   const live = await start(["run", "--prefect-api-url", `http://${server}/api`], "Serving HTTP");
   await ready(`http://${live}/readyz`);
-  await page.goto(`http://${live}/`);
-  await page.locator("#received").filter({ hasText: /^\d+$/ }).waitFor({ timeout: 10000 });
-  await page.evaluate(() => { window.__notReloaded = true; });
-  for (let i = 0; i < 3; i++) {
-    const before = await page.locator("#received").textContent();
-    const started = Date.now();
-    await page.waitForFunction((prev) => document.getElementById("received").textContent !== prev, before, { timeout: 1000 });
-    const after = await page.locator("#received").textContent();
-    console.log(`ok: events ${before} -> ${after} in ${Date.now() - started} ms`);
-  }
-  assert.equal(await page.evaluate(() => window.__notReloaded), true, "the page did not reload");
+  await followsLive(page, `http://${live}/`);
   // Ready means the baseline was taken: nine flow-run counts at least, one per state type.
   await page.waitForFunction(() => Number(document.getElementById("rest-requests").textContent) >= 9, null, { timeout: 10000 });
   console.log(`ok: REST requests ${await page.locator("#rest-requests").textContent()}`);
   console.log("ok: the page follows a live stream without reloading");
+
+  // 3. Behind --web-basic-auth, fed by the same server.
+  const guarded = await start(["run", "--prefect-api-url", `http://${server}/api`,
+    "--web-basic-auth", `${user}:${hash}`], "Serving HTTP");
+  const authorization = `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
+  for (const path of ["/", "/api/v1/stream"]) {
+    const refused = await fetch(`http://${guarded}${path}`);
+    assert.equal(refused.status, 401, `${path} without credentials`);
+    await refused.body?.cancel();
+  }
+  await ready(`http://${guarded}/readyz`, { authorization });
+  await followsLive(page, `http://${guarded}/`);
+  console.log("ok: behind --web-basic-auth, the page follows the stream with the browser's credentials");
 } finally {
   if (context) await context.close();
   for (const child of children) child.kill("SIGTERM");

@@ -22,5 +22,6 @@ mod serve_replay;
 mod shutdown;
 mod state_file;
 mod stream;
+mod stream_edges;
 mod support;
 mod ws_hostile;
