@@ -197,6 +197,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, Un
             self_transitions: e.self_transitions,
             chain_gaps: e.chain_gaps,
             last_occurred: not_ahead(maybe_time(e.last_occurred)?),
+            state_applied: 0,
             last_state_seen: None,
             delay: histogram(&DELAY_BUCKETS, &e.delay)?,
             dedup_ids: buckets.len() as u64,
