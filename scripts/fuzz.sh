@@ -4,8 +4,8 @@
 # from the committed seeds in fuzz/seeds/ plus what earlier runs found (fuzz/corpus/, not
 # committed). Exits non-zero when a target crashes, panics, leaks past the RSS limit or hangs;
 # the input is left in fuzz/artifacts/<target>/ (see fuzz/README.md to reproduce it).
-# Built with --release: overflow checks off, as in the shipped binary (fuzz/README.md says
-# what the targets find with them on).
+# Built with cargo-fuzz's default profile: optimized, with debug assertions and overflow
+# checks on, so an arithmetic overflow is a crash too.
 #   scripts/fuzz.sh           # about a minute per target
 #   scripts/fuzz.sh 3600      # an hour per target
 set -euo pipefail
@@ -28,7 +28,7 @@ for target in decode query state_file; do
   extra=()
   [ -f "fuzz/$target.dict" ] && extra+=("-dict=fuzz/$target.dict")
   # The first directory takes what the run finds; the seeds are only read.
-  if ! RUSTC_BOOTSTRAP=1 cargo fuzz run --release "$target" \
+  if ! RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" \
       "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
       -max_total_time="$per_target" -timeout=10 "${extra[@]}"; then
     failed+=("$target")

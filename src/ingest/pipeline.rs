@@ -308,6 +308,40 @@ mod tests {
     }
 
     #[test]
+    fn duplicates_never_make_a_reconciliation_moment_busy() {
+        // Before: a repair re-fetching a window the server can never make equal (the exporter
+        // held events Redis lost before the server stored them) applied its stored events
+        // again every verify interval, each duplicate moved the quiet marker, and the REST
+        // totals were not applied for as long as the window was retried (100 s).
+        let mut p = pipeline();
+        let shared = p.shared();
+        p.ingest_batch([frame(1, 1, 10, None, Pending)]);
+        let marker = shared.state_event_marker();
+        p.ingest_batch([frame(1, 1, 10, None, Pending)]);
+        assert_eq!(
+            shared.state_event_marker(),
+            marker,
+            "a duplicate changes no count"
+        );
+        let totals = [(crate::state::test_support::key(Pending), 1)]
+            .into_iter()
+            .collect();
+        let reconciled = shared.reconcile(vec![(RunKind::FlowRun, totals)], 0, Some(marker.0));
+        assert!(reconciled.is_some(), "applied after a duplicate");
+        p.ingest_batch([frame(2, 2, 11, None, Pending)]);
+        assert_ne!(
+            shared.state_event_marker(),
+            marker,
+            "a new state event moves it"
+        );
+        let totals = [(crate::state::test_support::key(Pending), 2)]
+            .into_iter()
+            .collect();
+        let reconciled = shared.reconcile(vec![(RunKind::FlowRun, totals)], 0, Some(marker.0));
+        assert!(reconciled.is_none(), "postponed after a new state event");
+    }
+
+    #[test]
     fn the_waiting_index_matches_the_runs_on_real_recordings() {
         let mut p = Pipeline::new(PipelineConfig {
             state: StateConfig {

@@ -101,6 +101,19 @@ pub enum Invalid {
     /// A time offset that overflows.
     #[error("time offset overflows")]
     Overflow,
+    /// A counter (or the sum of counters of one kind) above what any real stream reaches
+    /// (see `plausible`): restored, the next event would overflow it.
+    #[error("{what}{} is {value}, above the plausible {limit}", if *summed { " (summed)" } else { "" })]
+    Implausible {
+        /// Which counters.
+        what: &'static str,
+        /// The value (or the sum so far).
+        value: i128,
+        /// Whether `value` is the sum of several counters.
+        summed: bool,
+        /// The bound.
+        limit: u64,
+    },
     /// A part whose size or shape is wrong.
     #[error("{0}")]
     Shape(&'static str),

@@ -13,6 +13,7 @@
 pub(crate) mod error;
 pub(crate) mod format;
 pub(crate) mod mirror;
+pub(crate) mod plausible;
 pub(crate) mod restore;
 
 pub use error::{OpenCause, OpenError, Unusable};
@@ -600,6 +601,46 @@ mod tests {
         again.write(0, &mut second).unwrap();
         let reread = format::read(&second).unwrap();
         assert_eq!(reread.runs[0].len(), 3);
+    }
+
+    #[test]
+    fn a_file_with_a_right_checksum_and_a_counter_at_u64_max_is_refused() {
+        // Before: the file loaded, and the next run leaving Pending overflowed the bucket (a
+        // panic with overflow checks on, a wrapped counter without), as `fuzz/` found.
+        let frames = [
+            frame(1, 1, 0, None, Pending),
+            frame(2, 1, 1, Some(Pending), Running),
+        ];
+        let mut live = pipeline();
+        live.journal();
+        live.ingest_batch(&frames);
+        let mut mirror = Mirror::new("replay".into(), false, vec![], IdBuckets::new(SECOND, 10));
+        mirror.apply(live.take_changes(), None);
+        let mut bytes = Vec::new();
+        mirror.write(0, &mut bytes).unwrap();
+        let mut state = format::read(&bytes).unwrap();
+        let (_, pending) = &mut state.counts.kinds[0].durations[0];
+        let slot = pending.buckets.iter().position(|&n| n == 1).unwrap();
+        pending.buckets[slot] = u64::MAX;
+        pending.count = u64::MAX;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.bin");
+        format::write(&state, std::fs::File::create(&path).unwrap()).unwrap();
+
+        let err = open(&path, false, &mut pipeline(), "replay").unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.contains("state-duration histogram buckets is 18446744073709551615")
+                && message.contains("above the plausible 9007199254740992"),
+            "{message}"
+        );
+        assert!(message.contains("--discard-bad-state"), "{message}");
+        // At the bound it loads.
+        let (_, pending) = &mut state.counts.kinds[0].durations[0];
+        pending.buckets[slot] = plausible::MAX_COUNT;
+        pending.count = plausible::MAX_COUNT;
+        format::write(&state, std::fs::File::create(&path).unwrap()).unwrap();
+        assert!(open(&path, false, &mut pipeline(), "replay").is_ok());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! From a decoded state file back to live state: aggregates, run records, dedup window.
 //!
-//! Every index in the file is checked, so a file that passes its checksum but does not fit
-//! (written by a buggy build, or edited) is refused with a message instead of panicking.
+//! Every index in the file is checked, and every counter is bounded first (`plausible`), so a
+//! file that passes its checksum but does not fit (written by a buggy build, or edited) is
+//! refused with a message instead of panicking.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -105,6 +106,8 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, Un
         });
     }
 
+    super::plausible::state(loaded)?;
+
     let mut states = StateTable::new(config.max_series);
     let mut ids = Vec::with_capacity(loaded.states.len());
     for (ty, name) in &loaded.states {
@@ -135,6 +138,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, Un
         let kind = RunKind::ALL[index];
         for bytes in encoded {
             let run = super::format::decode_run(&bytes.0)?;
+            super::plausible::run(&run)?;
             let odd_id = run.odd_id.clone().map(Box::from);
             let record = record(&tables, &mut label_sets, run)?;
             keys[index].push(record.key());
@@ -193,6 +197,7 @@ pub fn restore(pipeline: &mut Pipeline, loaded: &StateV1) -> Result<Restored, Un
             self_transitions: e.self_transitions,
             chain_gaps: e.chain_gaps,
             last_occurred: not_ahead(maybe_time(e.last_occurred)?),
+            state_applied: 0,
             last_state_seen: None,
             delay: histogram(&DELAY_BUCKETS, &e.delay)?,
             dedup_ids: buckets.len() as u64,

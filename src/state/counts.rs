@@ -191,7 +191,11 @@ pub struct EventCounts {
     pub chain_gaps: u64,
     /// Newest `occurred` applied.
     pub last_occurred: Option<Micros>,
-    /// Wall-clock time the last state event was decoded (quiescence checks).
+    /// State events applied (duplicates excluded), and the wall-clock time of the last one:
+    /// the reconciler's quiescence marker. A duplicate changes no count, so it never makes a
+    /// moment busy (a repair re-fetching a window applies many). Not persisted.
+    pub state_applied: u64,
+    /// See `state_applied`.
     pub last_state_seen: Option<Micros>,
     /// Wall-clock delay between `occurred` and applying, per event.
     pub delay: Histogram,
@@ -219,6 +223,7 @@ impl Default for EventCounts {
             self_transitions: 0,
             chain_gaps: 0,
             last_occurred: None,
+            state_applied: 0,
             last_state_seen: None,
             delay: Histogram::new(&DELAY_BUCKETS),
             dedup_ids: 0,

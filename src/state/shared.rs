@@ -126,11 +126,12 @@ impl Shared {
         self.counts.lock().events.last_occurred
     }
 
-    /// State events decoded so far and the wall-clock time of the last one: two equal
-    /// markers around a query mean no state event arrived in between.
+    /// State events applied so far (duplicates excluded) and the wall-clock time of the last
+    /// one: two equal markers around a query mean no state event changed the counts in
+    /// between.
     pub fn state_event_marker(&self) -> (u64, Option<Micros>) {
         let counts = self.counts.lock();
-        (counts.events.state, counts.events.last_state_seen)
+        (counts.events.state_applied, counts.events.last_state_seen)
     }
 
     /// Distinct events held with `occurred` in `[from, to)` by name (zeros left out), and
@@ -179,7 +180,7 @@ impl Shared {
         marker: Option<u64>,
     ) -> Option<Reconciled> {
         let mut counts = self.counts.lock();
-        if marker.is_some_and(|seen| counts.events.state != seen) {
+        if marker.is_some_and(|seen| counts.events.state_applied != seen) {
             return None;
         }
         let mut drift = [0i64; 9];

@@ -266,7 +266,6 @@ impl<'t> Writer<'t> {
         let events = &mut self.counts.events;
         if tracked {
             events.state += 1;
-            events.last_state_seen = Some(self.now);
         } else {
             events.other += 1;
         }
@@ -329,6 +328,8 @@ impl<'t> Writer<'t> {
         follows_seen: bool,
     ) {
         let counts = &mut *self.counts;
+        counts.events.state_applied += 1;
+        counts.events.last_state_seen = Some(self.now);
         let to = counts.states.id(change.to.ty, &change.to.name);
         let from = change
             .from

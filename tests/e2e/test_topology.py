@@ -40,7 +40,7 @@ from support import (
     wait_quiescent,
     wait_until_equal,
 )
-from topology import PrefectCluster, running_cluster
+from topology import PrefectCluster, running_cluster, service_batches
 
 BOTH = ["flow_runs", "task_runs"]
 FLOWS = ["flow_runs"]
@@ -55,25 +55,6 @@ VERIFY_WINDOWS = "prefect_exporter_verify_windows_total"
 def _exporter_binary():
     """Fail at once, before any service starts, when PREFECT_EXPORTER_BIN is missing."""
     exporter_bin()
-
-
-def service_batches() -> dict[str, str]:
-    """Read and write batches of 100 for the services process's event consumers.
-
-    Prefect's defaults read one Redis entry per XREADGROUP call and write one task run per
-    transaction: after the burst, the services process (one Python process, sharing the two
-    cores with everything else) had every event stored 60 s and every task run in REST 154 s
-    after the last flow ended. Batches change how fast the server's truth completes, not what
-    it says. PREFECT_E2E_DEFAULT_RECORDER=1 keeps Prefect's defaults (as in test_live.py)."""
-    if os.environ.get("PREFECT_E2E_DEFAULT_RECORDER"):
-        return {}
-    return {
-        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
-        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "100",
-        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
-        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
-        "PREFECT_SERVER_SERVICES_TRIGGERS_READ_BATCH_SIZE": "100",
-    }
 
 
 @pytest.fixture(scope="module")
