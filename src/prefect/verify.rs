@@ -4,9 +4,10 @@
 //! is compared, event name by event name, with `POST /events/count-by/event`. A window where
 //! the server holds more of some event is re-fetched from `/events/filter` and fed through the
 //! normal pipeline (dedup discards what was already there); one where it holds only fewer
-//! (its persister is behind) is not, since a re-fetch could add nothing. Each window is
-//! checked once more after `second_pass_after`, for late client-side events. In the healthy
-//! case this costs one small query per interval.
+//! (its persister is behind) is re-fetched only on its last retry and its rechecks, since
+//! until then a re-fetch could add nothing. Each window is checked once more after
+//! `second_pass_after`, for late client-side events. In the healthy case this costs one small
+//! query per interval.
 //!
 //! Repair is bounded: each page of stored events is applied before the next is fetched (so
 //! nothing accumulates), at most [`WINDOW_PAGES`] pages are fetched for one window and
@@ -188,7 +189,18 @@ impl Verifier {
     /// Checks `[from, to)` (whole seconds) and repairs it if needed, fetching at most
     /// [`WINDOW_PAGES`] pages and what is left of `budget`. Events the repair applied for the
     /// first time are counted as repaired whatever the result.
-    pub async fn check(&self, from: Micros, to: Micros, budget: &mut PageBudget) -> WindowResult {
+    ///
+    /// A window where the server holds only fewer events of each name than the exporter is
+    /// re-fetched only when `thorough`: while the server's persister may still be behind, a
+    /// re-fetch could add nothing; later, extra events the server never stored could hide a
+    /// missing one of the same name, so the last retry and the rechecks fetch anyway.
+    pub async fn check(
+        &self,
+        from: Micros,
+        to: Micros,
+        budget: &mut PageBudget,
+        thorough: bool,
+    ) -> WindowResult {
         let (held, prefixes) = self.held(from, to);
         let stored = match self.api.count_events_by_name(from, to - 1, &prefixes).await {
             Ok(mut stored) => {
@@ -208,10 +220,7 @@ impl Verifier {
             .iter()
             .map(|(k, n)| n.saturating_sub(held.get(k).copied().unwrap_or(0)))
             .sum();
-        if missing == 0 {
-            // The server holds no more of any event than the exporter: re-fetching could add
-            // nothing (dedup), only cost a window of event pages. Usually its persister is
-            // still behind; the window is checked again.
+        if missing == 0 && !thorough {
             debug!(from = %format_rfc3339(from), to = %format_rfc3339(to), "The server holds fewer events than the exporter for a window; checking it again later.");
             return WindowResult::Differs;
         }
@@ -344,7 +353,8 @@ impl Verifier {
                 let Some((from, to, attempts)) = pending.pop_front() else {
                     break;
                 };
-                let result = self.check(from, to, &mut budget).await;
+                let last = attempts + 1 >= RETRIES;
+                let result = self.check(from, to, &mut budget, last).await;
                 any_repair |= result == WindowResult::Repaired;
                 match result {
                     WindowResult::Truncated(limit) => self.cut_off(limit, &mut pause),
@@ -381,7 +391,7 @@ impl Verifier {
                     later.push((at, from, to, pass));
                     continue;
                 }
-                let result = self.check(from, to, &mut budget).await;
+                let result = self.check(from, to, &mut budget, true).await;
                 any_repair |= result == WindowResult::Repaired;
                 if let WindowResult::Truncated(limit) = result {
                     self.cut_off(limit, &mut pause);
