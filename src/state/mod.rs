@@ -9,9 +9,10 @@
 //!   events per second for verification.
 //! - [`changes`]: the bounded log of applied state events the HTTP stream follows;
 //!   [`minutes`]: entries per minute over the newest hour.
-//! - [`status`]: readiness and the stream's connection.
+//! - [`status`]: readiness and the stream's connection; [`config`]: the layer's settings.
 
 pub mod changes;
+pub(crate) mod config;
 pub(crate) mod counts;
 pub(crate) mod histogram;
 pub(crate) mod inline;
@@ -31,8 +32,9 @@ mod tests;
 pub mod tracker;
 pub(crate) mod waiting;
 
+pub use config::StateConfig;
 pub use shared::Shared;
-pub use tracker::{StateConfig, Tracker, Writer};
+pub use tracker::{Tracker, Writer};
 
 /// A hash map with a fast hasher, for keys the event stream cannot choose freely (state
 /// names and label sets are capped by `--max-series`).

@@ -8,7 +8,8 @@ use crate::model::event::{
     Event, EventId, RawState, RelatedNames, RunKind, StateChange, StateKey, StateType,
 };
 use crate::model::time::{parse_rfc3339, Micros, SECOND};
-use crate::state::tracker::{DedupGauges, StateConfig, Tracker};
+use crate::state::tracker::{DedupGauges, Tracker};
+use crate::state::StateConfig;
 
 /// Settings tracking flow runs, without group-by labels.
 pub fn config() -> StateConfig {

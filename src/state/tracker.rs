@@ -18,11 +18,11 @@ use std::sync::Arc;
 use parking_lot::MutexGuard;
 
 use crate::model::event::{Event, RelatedNames, RunKind, StateChange};
-use crate::model::group_by::GroupBy;
 use crate::model::known_run::KnownRun;
 use crate::model::reject::RejectReason;
 use crate::model::time::{as_seconds, Micros};
 use crate::state::changes::Change;
+use crate::state::config::StateConfig;
 use crate::state::counts::{Aggregates, Counts};
 use crate::state::inline::RecentTransition;
 use crate::state::label_sets::{has_labels, RunLabels};
@@ -33,23 +33,7 @@ use crate::state::record::{run_key, BaseAnchor, NewRun, RunKey, RunRecord};
 use crate::state::shared::Shared;
 use crate::state::table::RunTable;
 
-/// Settings of the state layer.
-#[derive(Clone, Debug)]
-pub struct StateConfig {
-    /// Count task runs too (`--task-runs`).
-    pub track_task_runs: bool,
-    /// Drop terminal runs from memory after this long (event time) without an event.
-    pub terminal_retention: Micros,
-    /// Cap on group-by label sets and on distinct state names.
-    pub max_series: usize,
-    /// Cap on runs of each kind held in memory (`--max-tracked-runs`).
-    pub max_tracked_runs: usize,
-    /// Group-by dimensions, in label order.
-    pub group_by: Vec<GroupBy>,
-}
-
-/// A run's record as it changed since the last [`Tracker::take_dirty`]: `None` when it was
-/// dropped.
+/// A run's record as changed since the last [`Tracker::take_dirty`]; `None` when dropped.
 pub type DirtyRun = (RunKind, RunKey, Option<SavedRun>);
 
 /// A copy of a run for the state file: the record, its resource id when not canonical, and
