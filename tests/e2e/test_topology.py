@@ -40,7 +40,7 @@ from support import (
     wait_quiescent,
     wait_until_equal,
 )
-from topology import PrefectCluster, running_cluster, service_batches
+from topology import EVENTS_STREAM, PrefectCluster, running_cluster, service_batches
 
 BOTH = ["flow_runs", "task_runs"]
 FLOWS = ["flow_runs"]
@@ -48,6 +48,7 @@ EQUALITY_TIMEOUT = 60  # reconcile and verify intervals are 5 s
 EXACT_WITHIN = 30  # burst: seconds after the server's truth is complete
 OBSERVE_CAP = 90  # burst: how long to keep watching after the truth settled
 REPAIRED = "prefect_exporter_events_repaired_total"
+GROUP = "prefect-events-exporter"  # the exporter's default --redis-group
 VERIFY_WINDOWS = "prefect_exporter_verify_windows_total"
 
 
@@ -308,8 +309,13 @@ def test_second_redis_exporter_in_the_same_group_is_refused(cluster, redis_expor
         refused = body
         errors = [line for line in second.stderr_since(0) if '"ERROR"' in line and reason in line]
         assert len(errors) == 1, second.log_text(40)
+        # It never joined the group: no consumer of its process (names carry the pid). Its
+        # REST verification may still fetch events the server stored, but the stream is
+        # read by the first exporter alone.
+        with cluster.redis.client() as c:
+            consumers = [x["name"] for x in c.xinfo_consumers(EVENTS_STREAM, GROUP)]
+        assert not [n for n in consumers if f"-{second.proc.pid}-" in n], consumers
         counts = second.counts()
-        assert counts["events"].get("received", 0) == 0, counts["events"]
         assert counts["stream"]["connected"] is False, counts["stream"]
         status, body = first.readyz()
         assert status == 200, body
