@@ -45,12 +45,13 @@ from topology import EVENTS_STREAM, PrefectCluster, running_cluster, service_bat
 BOTH = ["flow_runs", "task_runs"]
 FLOWS = ["flow_runs"]
 EQUALITY_TIMEOUT = 60  # reconcile and verify intervals are 5 s
-# Burst: how long to keep watching after the server's truth settled; the exporter must be exact
-# within it. The 30 s promise after a burst (issue 3) is asserted by test_live's burst on one
-# server. Here the websocket exporter reads replica 1, which learns of replica 2's events through
-# Redis: on 2 cores it was once exact 32 s after the persister had stored every event, with every
-# event arriving on the stream (none repaired, every verify window matched); a 30 s limit here
-# timed Prefect's delivery as much as the exporter and failed 1 clean-clone run in 7.
+# Burst: how long to keep watching after the server's truth settled; the exporter must become
+# exact while watched (no further time limit). The 30 s promise after a burst (issue 3) is
+# asserted by test_live's burst on one server. Here the websocket exporter reads replica 1,
+# which learns of replica 2's events through Redis: on 2 cores it was once exact 32 s after the
+# persister had stored every event, with every event arriving on the stream (none repaired,
+# every verify window matched); a 30 s limit here timed Prefect's delivery as much as the
+# exporter and failed 1 clean-clone run in 7.
 OBSERVE_CAP = 90
 REPAIRED = "prefect_exporter_events_repaired_total"
 GROUP = "prefect-events-exporter"  # the exporter's default --redis-group
@@ -279,7 +280,7 @@ def test_burst_on_replica2_exact_via_replica1(cluster, exporter, redis_exporter,
         f"reconnects={counts['stream'].get('reconnects')} "
         f"flows={flows_n} tasks_per_flow={tasks_n} burst_seconds={burst.t_last - burst.t_go:.1f})"
     )
-    check_exact_in_time(watch, burst, api1, expected_flow_events, expected_task_events, OBSERVE_CAP, OBSERVE_CAP)
+    check_exact_in_time(watch, burst, api1, expected_flow_events, expected_task_events, OBSERVE_CAP, None)
 
     # The Redis-source exporter, killed and restarted during the burst, against the same
     # settled truth: totals and entries of both kinds (an event counted twice would show in
