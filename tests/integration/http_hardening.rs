@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::Value;
 
-use crate::support::{http, replay_data, Service};
+use crate::support::{http, metric, replay_data, Service};
 
 /// `run --replay` (small file) on a free port with `extra` flags; returns once it listens.
 fn start(extra: &[&str]) -> Service {
@@ -114,12 +114,6 @@ impl KeepAlive {
     }
 }
 
-/// A sample's value in exposition text.
-fn metric(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn assert_closed_at_timeout(since: Instant, closed: Instant, what: &str) {
     let after = closed - since;
     assert!(
@@ -175,9 +169,10 @@ fn a_thousand_idle_connections_do_not_stop_scrapes() {
     // timeout has its own tests above.
     let service = start(&["--web-header-timeout", "120s"]);
     let idle: Vec<TcpStream> = (0..1000).map(|_| connect(service.addr)).collect();
-    // `connect` returns when the client's side of the handshake is done; the server can
-    // take the last few from its queue after the scrape's own connection (seen once in a
-    // loaded CI run), so scrape until all are counted, or for at most 30 s.
+    // One loaded clean-clone run read 1000 here on a single scrape (cause not confirmed):
+    // `connect` returns once the client's side of the handshake is done, so the server may
+    // take an idle socket from its queue after the scrape's own connection. Scrape until
+    // all are counted, for at most 30 s; shed and refused must stay 0 either way.
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
         let started = Instant::now();
@@ -188,14 +183,14 @@ fn a_thousand_idle_connections_do_not_stop_scrapes() {
             "scrape took {:?}",
             started.elapsed()
         );
-        let open = metric(&scrape.body, "prefect_exporter_http_connections_open");
+        let open = metric(&scrape.body, "prefect_exporter_http_connections_open", &[]);
         if open == Some(1001.0) || Instant::now() >= deadline {
             break scrape.body;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(
-        metric(&body, "prefect_exporter_http_connections_open"),
+        metric(&body, "prefect_exporter_http_connections_open", &[]),
         Some(1001.0),
         "the idle connections are all held open, next to the scrape"
     );
@@ -203,7 +198,7 @@ fn a_thousand_idle_connections_do_not_stop_scrapes() {
         "prefect_exporter_http_connections_shed_total",
         "prefect_exporter_http_connections_refused_total",
     ] {
-        assert_eq!(metric(&body, closed), Some(0.0), "{closed}");
+        assert_eq!(metric(&body, closed, &[]), Some(0.0), "{closed}");
     }
     drop(idle);
 }
@@ -253,7 +248,12 @@ fn connections_past_the_cap_are_refused_until_some_close() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let refused = metric(&scrape, "prefect_exporter_http_connections_refused_total").unwrap();
+    let refused = metric(
+        &scrape,
+        "prefect_exporter_http_connections_refused_total",
+        &[],
+    )
+    .unwrap();
     assert!(refused >= 5.0, "refused {refused}");
 
     let is_refusal = |line: &String| line.contains("Refused HTTP connections");
@@ -312,7 +312,8 @@ fn request_bodies_over_64_kib_get_413_and_small_ones_change_nothing() {
     assert_eq!(
         metric(
             &metrics,
-            "prefect_exporter_http_requests_rejected_total{reason=\"body_too_large\"}"
+            "prefect_exporter_http_requests_rejected_total",
+            &[("reason", "body_too_large")]
         ),
         Some(2.0)
     );
