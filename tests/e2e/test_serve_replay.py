@@ -119,17 +119,19 @@ def subscribe(api_url, expected, seconds, auth_string=None, version_check=True):
     if not version_check:
         env["PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED"] = "false"
     env["PREFECT_API_URL"] = api_url
-    env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     if auth_string is not None:
         env["PREFECT_API_AUTH_STRING"] = auth_string
-    return subprocess.run(
-        [sys.executable, "-c", SUBSCRIBER, str(expected), str(seconds)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=seconds + 60,
-    )
+    # The client's own home (settings, caches), removed with everything in it afterwards.
+    with tempfile.TemporaryDirectory(prefix="prefect-home-") as home:
+        env["PREFECT_HOME"] = home
+        return subprocess.run(
+            [sys.executable, "-c", SUBSCRIBER, str(expected), str(seconds)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 60,
+        )
 
 
 def test_prefect_subscriber_receives_every_distinct_event(serve_replay):
