@@ -43,7 +43,7 @@ from prometheus import (
     substitute,
     within,
 )
-from support import HOST, Exporter, artifacts, summary
+from support import HOST, Exporter, artifacts, http, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "replay-data" / "prefect-3.9.1-main.jsonl"
@@ -288,14 +288,26 @@ def test_replay_scraped_by_prometheus(started):
     assert stuck == {("PENDING", "Pending")}, stuck
 
 
-def rate_diagnosis(prom: Prometheus, exporter: Exporter, received_before: int) -> str:
-    """What each side held when the entry rate was not seen: the exporter's events received
-    (before the wait, and now) and its entry counters, and the raw samples, scrape health and
-    durations Prometheus kept for the last 15 s."""
-    lines = [f"exporter events received: {received_before} before the wait, {exporter.counts()['events']['received']} now"]
-    _, raw = exporter.get("/metrics")
-    lines += [f"exporter: {line}" for line in raw.decode(errors="replace").splitlines()
-              if line.startswith("prefect_flow_run_state_entries")]
+def rate_diagnosis(prom: Prometheus, source: ServeReplay, exporter: Exporter, received_before: int) -> str:
+    """What each side held when the entry rate was not seen: whether serve-replay answers and
+    how many flow runs it has released, the exporter's events received (before the wait, and
+    now) and its entry counters, and the raw samples, scrape health and durations Prometheus
+    kept for the last 15 s."""
+    t0 = time.monotonic()
+    try:
+        status, raw = http("POST", f"{source.api_url}/flow_runs/count", body={}, timeout=5)
+        answer = f"HTTP {status} {raw[:100]!r}"
+    except OSError as err:
+        answer = repr(err)
+    lines = [f"serve-replay POST /flow_runs/count: {answer} in {time.monotonic() - t0:.2f} s"]
+    try:
+        lines.append(f"exporter events received: {received_before} before the wait, "
+                     f"{exporter.counts()['events']['received']} now")
+        _, raw = exporter.get("/metrics")
+        lines += [f"exporter: {line}" for line in raw.decode(errors="replace").splitlines()
+                  if line.startswith("prefect_flow_run_state_entries")]
+    except (OSError, AssertionError, ValueError, KeyError) as err:
+        lines.append(f"exporter: {err!r}")
     for expr in (f'prefect_flow_run_state_entries_total{{job="{JOB}"}}[15s]',
                  f'up{{job="{JOB}"}}[15s]', f'scrape_duration_seconds{{job="{JOB}"}}[15s]'):
         try:
@@ -327,10 +339,10 @@ def test_live_stream_rates_and_alerts(started):
             "a positive entry rate",
         )
     except AssertionError as timed_out:
-        # Once (1 run in about 25) the rate stayed 0.0 for the whole 30 s while serve-replay
-        # released its events on time. Say which side stood still: the exporter's own counts,
-        # or what Prometheus stored from its scrapes.
-        raise AssertionError(f"{timed_out}\n{rate_diagnosis(prom, exporter, received_before)}") from None
+        # Once (1 run in 23) the rate stayed 0.0 for the whole 30 s, with no log line from the
+        # exporter or serve-replay. Say which side stood still: serve-replay, the exporter's
+        # own counts, or what Prometheus stored from its scrapes.
+        raise AssertionError(f"{timed_out}\n{rate_diagnosis(prom, source, exporter, received_before)}") from None
     t_rate = time.monotonic() - source.started
     received = exporter.counts()["events"]["received"]
 
