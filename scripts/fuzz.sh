@@ -6,9 +6,9 @@
 # the input is left in fuzz/artifacts/<target>/ (see fuzz/README.md to reproduce it).
 # Built with cargo-fuzz's default profile: optimized, with debug assertions and overflow
 # checks on, so an arithmetic overflow is a crash too. No sanitizer by default: the crate
-# forbids `unsafe`, so AddressSanitizer has nothing of ours to check, and without it the
-# cold build takes about 5 min instead of 7–8.5 on 2 cores. FUZZ_SANITIZER=address (or any
-# of cargo-fuzz's `--sanitizer` values) puts it back.
+# forbids `unsafe`, so AddressSanitizer has nothing of ours to check, and it made the cold
+# build the slowest step of the suite (figures in fuzz/README.md). FUZZ_SANITIZER=address
+# (or any of cargo-fuzz's `--sanitizer` values) puts it back.
 #   scripts/fuzz.sh           # about a minute per target
 #   scripts/fuzz.sh 3600      # an hour per target
 #   FUZZ_SANITIZER=address scripts/fuzz.sh 600

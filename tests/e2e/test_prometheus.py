@@ -303,21 +303,21 @@ def rate_diagnosis(prom: Prometheus, source: ServeReplay, exporter: Exporter, re
     try:
         lines.append(f"exporter events received: {received_before} before the wait, "
                      f"{exporter.counts()['events']['received']} now")
-        _, raw = exporter.get("/metrics")
-        lines += [f"exporter: {line}" for line in raw.decode(errors="replace").splitlines()
+        lines += [f"exporter: {line}" for line in exporter.metrics().splitlines()
                   if line.startswith("prefect_flow_run_state_entries")]
     except (OSError, AssertionError, ValueError, KeyError) as err:
         lines.append(f"exporter: {err!r}")
-    for expr in (f'prefect_flow_run_state_entries_total{{job="{JOB}"}}[15s]',
-                 f'up{{job="{JOB}"}}[15s]', f'scrape_duration_seconds{{job="{JOB}"}}[15s]'):
-        try:
+    # Range vectors: Prometheus.query() takes instant vectors only.
+    try:
+        for expr in (f'prefect_flow_run_state_entries_total{{job="{JOB}"}}[15s]',
+                     f'up{{job="{JOB}"}}[15s]', f'scrape_duration_seconds{{job="{JOB}"}}[15s]'):
             for series in prom.api("query", [("query", expr)])["result"]:
                 lines.append(f"prometheus {expr} {series['metric']}: {series['values']}")
-        except AssertionError as err:
-            lines.append(f"prometheus {expr}: {err}")
-    for target in prom.targets(JOB):
-        lines.append(f"prometheus target: health {target.get('health')}, last scrape {target.get('lastScrape')} "
-                     f"({target.get('lastScrapeDuration')} s), error {target.get('lastError')!r}")
+        for target in prom.targets(JOB):
+            lines.append(f"prometheus target: health {target.get('health')}, last scrape {target.get('lastScrape')} "
+                         f"({target.get('lastScrapeDuration')} s), error {target.get('lastError')!r}")
+    except (OSError, AssertionError) as err:
+        lines.append(f"prometheus: {err!r}")
     return "\n".join(lines)
 
 
