@@ -304,29 +304,25 @@ async fn stream(
             },
             received = live.recv() => {
                 let event = match received {
-                    Ok(event) => event,
+                    Ok(event) => Some(event),
                     Err(RecvError::Lagged(missed)) => {
                         debug!(missed, "A slow subscriber missed live events (as Prefect's server drops them).");
-                        continue;
+                        None
                     }
                     Err(RecvError::Closed) => return End::Close(1012, ""),
                 };
-                let until = filter.until_or_now();
-                if backfilled.contains(&event.id) || !filter.matches(&event.candidate(), until) {
-                    continue;
-                }
-                if faults.drop_live_rate > 0.0 && rand::rng().random_bool(faults.drop_live_rate.clamp(0.0, 1.0)) {
-                    continue;
-                }
-                injector.reorder.push_back(event);
-                while injector.reorder.len() > faults.reorder_window {
-                    let index = rand::rng().random_range(0..injector.reorder.len());
-                    let Some(next) = injector.reorder.remove(index) else { break };
-                    if let Err(end) = send_event(socket, &next, &mut injector).await {
-                        return end;
+                if let Some(event) = event.filter(|e| live_wanted(e, &filter, &backfilled, faults)) {
+                    injector.reorder.push_back(event);
+                    while injector.reorder.len() > faults.reorder_window {
+                        let index = rand::rng().random_range(0..injector.reorder.len());
+                        let Some(next) = injector.reorder.remove(index) else { break };
+                        if let Err(end) = send_event(socket, &next, &mut injector).await {
+                            return end;
+                        }
                     }
                 }
-                // More released already: keep filling the buffer; else send now.
+                // More released already: keep filling the buffer; else send what was fed, also
+                // when this event was skipped (an earlier one may be waiting in the buffer).
                 if live.is_empty() {
                     if let Err(end) = flush(socket).await {
                         return end;
@@ -335,4 +331,19 @@ async fn stream(
             }
         }
     }
+}
+
+/// Whether a live event goes to this subscriber: not already sent by the backfill, matched by
+/// its filter, and not dropped by `--drop-live-rate`.
+fn live_wanted(
+    event: &StoredEvent,
+    filter: &EventFilter,
+    backfilled: &HashSet<String>,
+    faults: &Faults,
+) -> bool {
+    if backfilled.contains(&event.id) || !filter.matches(&event.candidate(), filter.until_or_now())
+    {
+        return false;
+    }
+    !(faults.drop_live_rate > 0.0 && rand::rng().random_bool(faults.drop_live_rate.clamp(0.0, 1.0)))
 }

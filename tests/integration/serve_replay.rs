@@ -362,3 +362,56 @@ fn record_writes_a_replayable_file() {
     assert_eq!(recorded["flow_runs"], original["flow_runs"]);
     assert_eq!(recorded["events"]["received"], 7);
 }
+
+/// An event of `resource` at `seconds` after the recording's start.
+fn synthetic_event(n: usize, seconds: u32, resource: &str) -> String {
+    format!(
+        r#"{{"type":"event","event":{{"id":"00000000-0000-4000-8000-{n:012}","occurred":"2026-11-25T02:00:{seconds:02}Z","event":"prefect.flow-run.Running","resource":{{"prefect.resource.id":"{resource}"}}}}}}"#
+    )
+}
+
+#[test]
+fn a_live_event_goes_out_when_released_even_if_the_next_ones_are_filtered_out() {
+    // One wanted event, then 300 the subscriber's filter skips, all released in one burst 3 s
+    // after the start. The wanted one used to wait in the write buffer until the next ping
+    // (20 s after connecting), because only a sent event flushed.
+    const WANTED: &str = "prefect.flow-run.11111111-1111-4111-8111-111111111111";
+    const OTHER: &str = "prefect.flow-run.22222222-2222-4222-8222-222222222222";
+    let mut lines = vec![synthetic_event(0, 0, OTHER), synthetic_event(1, 3, WANTED)];
+    lines.extend((2..302).map(|n| synthetic_event(n, 3, OTHER)));
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), lines.join("\n") + "\n").unwrap();
+    let path = file.path().display().to_string();
+    let server = Service::serve_replay(&[&path], &["--speed", "1"]);
+
+    let mut request = format!("ws://{}/api/events/out", server.addr)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("prefect"),
+    );
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let (mut socket, _) = client(request, stream).unwrap();
+    let connected = Instant::now();
+    socket
+        .send(Message::text(r#"{"type":"auth","token":null}"#))
+        .unwrap();
+    let filter = format!(r#"{{"type":"filter","filter":{{"resource":{{"id":["{WANTED}"]}}}}}}"#);
+    socket.send(Message::text(filter)).unwrap();
+    let arrived = loop {
+        match socket.read() {
+            Ok(Message::Text(text)) if text.contains(WANTED) => break connected.elapsed(),
+            Ok(_) => {}
+            Err(e) => panic!("no event within 30 s: {e}"),
+        }
+    };
+    // Released about 3 s after the server started; the first ping is 20 s after connecting.
+    assert!(
+        arrived < Duration::from_secs(10),
+        "the event arrived {arrived:?} after connecting"
+    );
+}
