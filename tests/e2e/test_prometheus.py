@@ -339,7 +339,7 @@ def test_live_stream_rates_and_alerts(started):
             "a positive entry rate",
         )
     except AssertionError as timed_out:
-        # Once (1 run in 23) the rate stayed 0.0 for the whole 30 s, with no log line from the
+        # Once (clean-clone run X2, stop 22) the rate stayed 0.0 for the whole 30 s, with no log line from the
         # exporter or serve-replay. Say which side stood still: serve-replay, the exporter's
         # own counts, or what Prometheus stored from its scrapes.
         raise AssertionError(f"{timed_out}\n{rate_diagnosis(prom, source, exporter, received_before)}") from None

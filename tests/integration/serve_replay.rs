@@ -372,16 +372,17 @@ fn synthetic_event(n: usize, seconds: u32, resource: &str) -> String {
 
 #[test]
 fn a_live_event_goes_out_when_released_even_if_the_next_ones_are_filtered_out() {
-    // One wanted event, then 300 the subscriber's filter skips, all released in one burst 3 s
+    // One wanted event, then 300 the subscriber's filter skips, all released in one burst 5 s
     // after the start. The wanted one used to wait in the write buffer until the next ping
     // (20 s after connecting), because only a sent event flushed.
     const WANTED: &str = "prefect.flow-run.11111111-1111-4111-8111-111111111111";
     const OTHER: &str = "prefect.flow-run.22222222-2222-4222-8222-222222222222";
-    let mut lines = vec![synthetic_event(0, 0, OTHER), synthetic_event(1, 3, WANTED)];
-    lines.extend((2..302).map(|n| synthetic_event(n, 3, OTHER)));
+    let mut lines = vec![synthetic_event(0, 0, OTHER), synthetic_event(1, 5, WANTED)];
+    lines.extend((2..302).map(|n| synthetic_event(n, 5, OTHER)));
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), lines.join("\n") + "\n").unwrap();
     let path = file.path().display().to_string();
+    let spawned = Instant::now();
     let server = Service::serve_replay(&[&path], &["--speed", "1"]);
 
     let mut request = format!("ws://{}/api/events/out", server.addr)
@@ -402,6 +403,13 @@ fn a_live_event_goes_out_when_released_even_if_the_next_ones_are_filtered_out() 
         .unwrap();
     let filter = format!(r#"{{"type":"filter","filter":{{"resource":{{"id":["{WANTED}"]}}}}}}"#);
     socket.send(Message::text(filter)).unwrap();
+    // Subscribed before the burst (the timeline starts after the spawn), so the wanted event
+    // comes live, not in the backfill, which always flushed.
+    assert!(
+        spawned.elapsed() < Duration::from_secs(5),
+        "subscribed {:?} after the spawn: too late to see the burst live",
+        spawned.elapsed()
+    );
     let arrived = loop {
         match socket.read() {
             Ok(Message::Text(text)) if text.contains(WANTED) => break connected.elapsed(),
@@ -409,7 +417,7 @@ fn a_live_event_goes_out_when_released_even_if_the_next_ones_are_filtered_out() 
             Err(e) => panic!("no event within 30 s: {e}"),
         }
     };
-    // Released about 3 s after the server started; the first ping is 20 s after connecting.
+    // Released about 5 s after the server started; the first ping is 20 s after connecting.
     assert!(
         arrived < Duration::from_secs(10),
         "the event arrived {arrived:?} after connecting"
